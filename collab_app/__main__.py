@@ -1,0 +1,5 @@
+import sys
+
+from collab_app.cli import main
+
+sys.exit(main())

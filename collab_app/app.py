@@ -1,0 +1,39 @@
+"""Build and launch the Gradio app. Each UI mode lives in its own ``*_tab`` module."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from collab_app.chat_tab import build_chat_tab  # noqa: E402
+from collab_app.cli import AppConfig  # noqa: E402
+from collab_app.collaborate_tab import build_collaborate_tab  # noqa: E402
+from collab_app.context import AppContext  # noqa: E402
+from collab_app.data_tab import build_data_tab  # noqa: E402
+
+# System fonts only: the default theme would make every browser fetch Google Fonts.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "monospace"])
+
+
+def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
+    ctx = AppContext(config)
+    with gr.Blocks(title="collab-rl", analytics_enabled=False) as app:
+        gr.Markdown(f"## collab-rl · agent `{config.model}`")
+        with gr.Tab("Collaborate"):
+            build_collaborate_tab(ctx)
+        with gr.Tab("Data") as data_tab:
+            build_data_tab(ctx, data_tab)
+        with gr.Tab("Chat"):
+            build_chat_tab(ctx.actor, config.max_message_chars, config.max_new_tokens)
+    app.queue(default_concurrency_limit=4)
+    return app, ctx
+
+
+def launch(config: AppConfig, credentials: list[tuple[str, str]] | None = None, **kwargs):
+    app, ctx = build_app(config)
+    return app.launch(server_name=config.host, server_port=config.port, auth=credentials or None,
+                      theme=THEME, footer_links=[], allowed_paths=[str(ctx.store.renders_dir)], **kwargs)

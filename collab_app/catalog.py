@@ -1,0 +1,68 @@
+"""The tasks a person can pick in the app: our samples, ``--tasks`` files, uploads, free-form."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+from simulators.domain import Task
+from simulators.tasks import TaskFileError, load_sample_tasks, load_tasks
+
+MAX_UPLOAD_BYTES = 20_000_000
+
+
+class TaskCatalog:
+    def __init__(self, task_files: list[str] | None = None):
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+        self.load_errors: list[str] = []
+        self.add(load_sample_tasks())
+        for path in task_files or []:
+            report = load_tasks(path)  # a bad --tasks file stops start-up with a clear message
+            self.load_errors += report.errors
+            self.add(report.items)
+
+    def add(self, tasks: list[Task]) -> None:
+        with self._lock:
+            for task in tasks:
+                self._tasks[task.id] = task
+
+    def add_upload(self, path: str) -> tuple[int, list[str]]:
+        """Validate and add an uploaded ColBench file; returns (tasks added, line-numbered errors)."""
+        if Path(path).stat().st_size > MAX_UPLOAD_BYTES:
+            raise TaskFileError(f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB")
+        report = load_tasks(path)
+        name = Path(path).name
+        for task in report.items:  # show the upload's own name, not Gradio's temp path
+            task.source = task.source.replace(str(path), name)
+        self.add(report.items)
+        return len(report.items), [e.replace(str(path), name) for e in report.errors]
+
+    def get(self, task_id: str) -> Task:
+        with self._lock:
+            if task_id not in self._tasks:
+                raise KeyError(f"unknown task {task_id!r}")
+            return self._tasks[task_id]
+
+    def choices(self, kind: str | None = None) -> list[tuple[str, str]]:
+        """(label, id) pairs for a dropdown."""
+        with self._lock:
+            tasks = [t for t in self._tasks.values() if kind in (None, "", "any", t.kind)]
+        return [(f"[{t.kind}] {t.problem_description[:80]}", t.id) for t in tasks]
+
+    def random(self, kind: str | None = None, rng: random.Random | None = None) -> Task:
+        ids = [task_id for _, task_id in self.choices(kind)]
+        if not ids:
+            raise KeyError("no task of that kind is loaded")
+        return self.get((rng or random).choice(ids))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+def free_form_task(description: str, kind: str) -> Task:
+    """A task the person types: no reference, so the person's rating is the score."""
+    return Task(id=Task.make_id(kind, description, "free-form"), kind=kind, problem_description=description,
+                ground_truth="", hidden_information="(free-form task: only the person knows what they want)",
+                source="free-form")

@@ -1,0 +1,69 @@
+"""What every tab shares: the agent model, the simulator, the session store, the task catalogue
+and the page renderer. Heavy parts (models, the browser) load on first use."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from collab_app.actor import ActorSlot
+from collab_app.catalog import TaskCatalog
+from collab_app.cli import AppConfig
+from collab_app.session import LiveSession
+from simulators.domain import Task
+from simulators.humans import SimulatedHuman
+from simulators.llm.base import ModelError
+from simulators.store import SessionStore
+
+
+@dataclass
+class AppContext:
+    config: AppConfig
+    actor: ActorSlot = field(init=False)
+    simulator_slot: ActorSlot = field(init=False)
+    store: SessionStore = field(init=False)
+    catalog: TaskCatalog = field(init=False)
+    _reference_images: dict = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.actor = ActorSlot(self.config.model)
+        same = self.config.simulator in ("", self.config.model)
+        self.simulator_slot = self.actor if same else ActorSlot(self.config.simulator)
+        self.store = SessionStore(self.config.db or None)
+        self.catalog = TaskCatalog(self.config.tasks)
+        # Load the agent in the background: the UI is up at once and the first session rarely waits.
+        threading.Thread(target=self._preload, daemon=True, name="preload-agent").start()
+
+    def _preload(self) -> None:
+        try:
+            self.actor.get()
+        except ModelError:
+            pass  # kept by the slot and shown to the first person who starts a session
+
+    def check_message(self, text: str) -> None:
+        limit = self.config.max_message_chars
+        if len(text) > limit:
+            raise gr.Error(f"That message is {len(text):,} characters; the limit is {limit:,}.")
+
+    @property
+    def renderer(self):
+        from simulators.render import shared_renderer  # the browser starts on first use
+
+        return shared_renderer()
+
+    def simulator(self) -> SimulatedHuman:
+        return SimulatedHuman(self.simulator_slot.get())
+
+    def new_session(self, task: Task, person: str, mode: str) -> LiveSession:
+        return LiveSession(task=task, store=self.store, agent=self.actor.get(), human_name=f"person:{person}",
+                           mode=mode, max_new_tokens=self.config.max_new_tokens,
+                           renderer=self.renderer if task.kind == "frontend" else None)
+
+    def reference_image(self, task: Task):
+        """The rendered reference page (cached per task), or None when it does not render."""
+        if task.id not in self._reference_images:
+            result = self.renderer.render(task.ground_truth)
+            self._reference_images[task.id] = result.image if result.ok else None
+        return self._reference_images[task.id]

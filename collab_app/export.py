@@ -1,0 +1,72 @@
+"""Export the session database for training and sharing.
+
+* ``sweet`` — sweet_rl trajectory JSONL, one line per session (``simulators.tasks.load_episodes`` reads it);
+* ``trl``   — TRL preference JSONL (``prompt``, ``chosen``, ``rejected``) from edits, regenerations and votes;
+* ``hf``    — a Hugging Face ``datasets`` directory (``load_from_disk``) with a ``trajectories`` and a
+  ``preferences`` split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from simulators.preferences import preference_pairs
+from simulators.store import SessionStore
+from simulators.tasks import write_episodes
+
+FORMATS = ("sweet", "trl", "hf")
+
+
+def export(store: SessionStore, fmt: str, out: str | Path, **filters) -> int:
+    """Write the export; returns how many rows (sessions or pairs) it holds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "sweet":
+        episodes = store.episodes(**filters)
+        write_episodes(episodes, out)
+        return len(episodes)
+    if fmt == "trl":
+        pairs = preference_pairs(store)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for pair in pairs:
+                fh.write(json.dumps(pair.to_trl(), ensure_ascii=False) + "\n")
+        tmp.replace(out)
+        return len(pairs)
+    if fmt == "hf":
+        from datasets import Dataset, DatasetDict
+
+        episodes = store.episodes(**filters)
+        # Nested task/turn objects become JSON strings: their keys vary by task kind.
+        trajectories = [{"session_id": e.meta["session_id"], "task_kind": e.task.kind, "mode": e.meta["mode"],
+                         "model_version": e.agent_model or "", "reward": e.reward,
+                         "trajectory": json.dumps(e.to_sweet(), ensure_ascii=False)} for e in episodes]
+        pairs = [p.to_dict() for p in preference_pairs(store)]
+        empty_pair = {"prompt": [], "chosen": [], "rejected": [], "source": [], "session_id": [], "turn_idx": []}
+        empty_trajectory = {"session_id": [], "task_kind": [], "mode": [], "model_version": [], "reward": [],
+                            "trajectory": []}
+        DatasetDict({
+            "trajectories": Dataset.from_list(trajectories) if trajectories else Dataset.from_dict(empty_trajectory),
+            "preferences": Dataset.from_list(pairs) if pairs else Dataset.from_dict(empty_pair),
+        }).save_to_disk(str(out))
+        return len(trajectories)
+    raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m collab_app export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="", help="session database (default: $COLLAB_HOME/collab.sqlite)")
+    parser.add_argument("--format", choices=FORMATS, required=True, help="what to write (see above)")
+    parser.add_argument("--out", required=True, help="output file (sweet, trl) or directory (hf)")
+    parser.add_argument("--kind", choices=("backend", "frontend"), help="only sessions of this task kind")
+    parser.add_argument("--mode", choices=("human", "simulator", "free", "compare"), help="only this mode")
+    args = parser.parse_args(argv)
+    if args.db and not Path(args.db).is_file():
+        parser.error(f"{args.db}: no such database")
+    store = SessionStore(args.db or None)
+    count = export(store, args.format, args.out, kind=args.kind, mode=args.mode)
+    print(json.dumps({"format": args.format, "out": args.out, "rows": count}))
+    return 0

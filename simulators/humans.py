@@ -1,0 +1,144 @@
+"""The two sides of a ColBench conversation as chat messages: the agent's prompt and the simulated human.
+
+The agent sees a system prompt (``assets/prompts/agent_<kind>.txt``) and the dialogue, with its
+own turns as ``assistant`` and the human's as ``user``. The simulated human is an LLM that sees the
+problem, the hidden information and the dialogue with the roles flipped; its replies are cleaned
+so they stay brief and never leak code (ColBench caps them at 400 characters for backend tasks and
+1000 for frontend tasks).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from functools import cache
+
+from simulators.domain import MAX_ROUNDS, Episode, Task
+from simulators.llm.base import ChatModel, GenerationConfig, Message
+from simulators.tasks import ASSETS_DIR
+
+BACKEND_REPLY_LIMIT = 400
+FRONTEND_REPLY_LIMIT = 1000
+_FENCED_CODE = re.compile(r"```.*?(```|$)", re.DOTALL)
+_HTML_BLOCK = re.compile(r"<(html|body|div|head|style|script)\b.*?(</\1>|$)", re.DOTALL | re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@cache
+def load_prompt(name: str) -> str:
+    return (ASSETS_DIR / "prompts" / f"{name}.txt").read_text(encoding="utf-8").strip()
+
+
+def agent_messages(episode: Episode, max_rounds: int = MAX_ROUNDS) -> list[Message]:
+    """What the agent is conditioned on at its next turn (its observation o_t in the paper)."""
+    system = load_prompt(f"agent_{episode.task.kind}").format(max_rounds=max_rounds)
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": "assistant" if t.role == "agent" else "user", "content": t.content}
+                 for t in episode.turns]
+    return messages
+
+
+def clean_reply(text: str, *, limit: int, hidden: str = "", max_sentences: int | None = None) -> str:
+    """Keep a simulated human's reply brief and free of code.
+
+    Removes fenced code and HTML blocks, any line copied from the hidden reference, and a leading
+    speaker label; keeps at most ``max_sentences`` sentences and ``limit`` characters.
+    """
+    text = _HTML_BLOCK.sub(" ", _FENCED_CODE.sub(" ", text))
+    secret_lines = {ln.strip() for ln in hidden.splitlines() if len(ln.strip()) >= 12}
+    kept = [ln for ln in text.splitlines()
+            if ln.strip() and ln.strip() not in secret_lines and not ln.lstrip().startswith(("def ", "import "))]
+    text = re.sub(r"^\s*(human|user|me)\s*:\s*", "", " ".join(ln.strip() for ln in kept), flags=re.IGNORECASE)
+    if max_sentences:
+        text = " ".join(_SENTENCE_END.split(text)[:max_sentences])
+    text = text.strip()[:limit].strip()
+    return text or "I don't know."
+
+
+class SimulatedHuman:
+    """An LLM playing the human who holds the hidden information.
+
+    Backend: sees the reference function. Frontend: sees the differences between the agent's
+    latest page and the reference page, measured on the two rendered DOMs (text route, works with
+    any model), or both screenshots when ``vision=True`` and the model accepts ``image_url`` parts
+    (an OpenAI-compatible vision endpoint, as in ColBench).
+    """
+
+    def __init__(self, model: ChatModel, *, max_new_tokens: int = 160, vision: bool = False, renderer=None):
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        self.vision = vision
+        self._renderer = renderer
+
+    @property
+    def name(self) -> str:
+        return f"simulator:{self.model.name}"
+
+    @property
+    def renderer(self):
+        if self._renderer is None:
+            from simulators.render import shared_renderer
+
+            self._renderer = shared_renderer()
+        return self._renderer
+
+    def replies(self, episodes: Sequence[Episode]) -> list[str]:
+        """The human's next message in each episode (last turn must be the agent's), batched."""
+        if not episodes:
+            return []
+        conversations = [self.messages(e) for e in episodes]
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0)
+        outputs = self.model.sample(conversations, n=1, config=config)
+        return [self.clean(e.task, texts[0]) for e, texts in zip(episodes, outputs)]
+
+    def clean(self, task: Task, text: str) -> str:
+        if task.kind == "backend":
+            return clean_reply(text, limit=BACKEND_REPLY_LIMIT, hidden=task.hidden_information, max_sentences=2)
+        return clean_reply(text, limit=FRONTEND_REPLY_LIMIT, hidden=task.ground_truth)
+
+    def messages(self, episode: Episode) -> list[Message]:
+        task = episode.task
+        if task.kind == "frontend":
+            return self._frontend_messages(episode)
+        system = load_prompt("human_backend").format(
+            problem_description=task.problem_description, hidden_information=task.hidden_information)
+        # Roles flipped: the agent's turns are what the simulator answers. The opening problem
+        # statement is already in the system prompt, so the dialogue starts at the agent's turn.
+        messages = [{"role": "system", "content": system}]
+        messages += [{"role": "user" if t.role == "agent" else "assistant", "content": t.content}
+                     for t in episode.turns[1:]]
+        return messages
+
+    def _frontend_messages(self, episode: Episode) -> list[Message]:
+        from simulators.frontend_eval import describe_differences, extract_html
+
+        task = episode.task
+        agent_html = extract_html(episode.turns[-1].content)
+        reference = self.renderer.render(task.ground_truth)
+        draft = self.renderer.render(agent_html) if agent_html else None
+        if self.vision:
+            parts = [{"type": "text", "text": load_prompt("human_frontend_vision").format(
+                problem_description=task.problem_description)}]
+            if draft is not None and draft.ok:
+                parts.append({"type": "image_url", "image_url": {"url": _data_url(draft.png)}})
+            else:
+                parts.append({"type": "text", "text": "The designer sent no page this time."})
+            parts.append({"type": "image_url", "image_url": {"url": _data_url(reference.png)}})
+            return [{"role": "user", "content": parts}]
+        if draft is None:
+            differences = "- The designer's message contains no HTML page to look at."
+        elif not draft.ok:
+            differences = f"- The designer's page failed to render ({draft.error})."
+        else:
+            differences = "\n".join(f"- {d}" for d in describe_differences(draft, reference)) or \
+                "- No visible difference: the draft looks like the page you want."
+        system = load_prompt("human_frontend").format(
+            problem_description=task.problem_description, differences=differences)
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": f"The designer says:\n{episode.turns[-1].content[:4000]}"}]
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+

@@ -1,0 +1,62 @@
+"""Turn-level preference pairs from what people did in the app.
+
+* an **edit** of an agent message: the edited text is chosen over the original;
+* a **regeneration** whose new reply is then **liked**: the new reply is chosen over the discarded;
+* a **vote** between two models' replies to the same prompt (Compare tab): the winner is chosen.
+
+Each pair carries the agent's exact prompt at that turn, so it is a TRL preference row
+(``prompt``, ``chosen``, ``rejected``) and a direct DPO pair for the actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from simulators.store import SessionStore
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    source: str  # edit | regenerate+like | vote
+    session_id: str
+    turn_idx: int | None
+
+    def to_trl(self) -> dict[str, str]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def preference_pairs(store: SessionStore) -> list[PreferencePair]:
+    pairs: list[PreferencePair] = []
+    by_session: dict[str, list[dict]] = {}
+    for event in store.feedback():
+        by_session.setdefault(event["session_id"], []).append(event)
+    for session_id, events in by_session.items():
+        turns = {t["idx"]: t for t in store.turns(session_id)}
+        for i, event in enumerate(events):
+            turn = turns.get(event["turn_idx"])
+            prompt = (turn or {}).get("input")
+            if event["kind"] == "vote":
+                payload = event["payload"]
+                if payload.get("winner") in ("a", "b") and payload.get("prompt"):
+                    winner, loser = ("a", "b") if payload["winner"] == "a" else ("b", "a")
+                    pairs.append(PreferencePair(payload["prompt"], payload[winner], payload[loser], "vote",
+                                                session_id, event["turn_idx"]))
+                continue
+            if not prompt or turn["role"] != "agent":
+                continue
+            if event["kind"] == "edit" and event["before"] != event["after"]:
+                pairs.append(PreferencePair(prompt, event["after"], event["before"], "edit",
+                                            session_id, event["turn_idx"]))
+            elif event["kind"] == "regenerate" and event["after"]:
+                liked_later = any(e["kind"] == "like" and e["turn_idx"] == event["turn_idx"]
+                                  for e in events[i + 1:])
+                if liked_later and event["after"] != event["before"]:
+                    pairs.append(PreferencePair(prompt, event["after"], event["before"], "regenerate+like",
+                                                session_id, event["turn_idx"]))
+    return pairs
