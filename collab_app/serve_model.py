@@ -266,7 +266,10 @@ async def stream_chat_events(model: ChatModel, lock: threading.Lock, messages, c
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m collab_app serve-model", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m collab_app serve-model",
+        description="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models, "
+                    "/health) over a model.")
     parser.add_argument("--model", default="default", help="model spec (default: %(default)s); see simulators.llm")
     parser.add_argument("--adapter", help="LoRA adapter directory to put on a local model")
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,115 @@
+"""The real app in a real browser: a person collaborates, the result is scored, stored and exported.
+
+The agent is a scripted model (known replies, so the final answer can be correct) or the tiny
+random model; the app runs as a subprocess with its own COLLAB_HOME and database.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from simulators.domain import ANSWER_MARKER
+from simulators.store import SessionStore
+from simulators.tasks import load_episodes
+from app_process import REPO, browser_page, running_app
+
+pytestmark = pytest.mark.slow
+
+TASK = {"id": "sum-even", "kind": "backend",
+        "problem_description": "Sum the even numbers of a list. The signature of the function is: def sum_even(xs)",
+        "ground_truth": "def sum_even(xs):\n    return sum(x for x in xs if x % 2 == 0)",
+        "test_cases": {f"test{i}": f"sum_even(list(range(-{i}, {i * 3})))" for i in range(1, 11)}}
+QUESTION = "Should negative even numbers count too?"
+ANSWER = f"{ANSWER_MARKER}\n```python\ndef sum_even(xs):\n    return sum(x for x in xs if x % 2 == 0)\n```"
+
+
+@pytest.fixture
+def home(tmp_path):
+    (tmp_path / "tasks.jsonl").write_text(json.dumps(TASK) + "\n")
+    (tmp_path / "script.json").write_text(json.dumps([QUESTION, ANSWER]))
+    return tmp_path
+
+
+def start_task(page, url: str, text: str) -> None:
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#start", timeout=60_000)
+    page.locator("#task-pick input").click()
+    page.locator("#task-pick input").fill(text)
+    page.get_by_role("option").filter(has_text=text).first.click()
+    page.locator("#start").click()
+
+
+def agent_messages(page) -> list[str]:
+    return page.locator("#collab-chat .message.bot").all_inner_texts()
+
+
+def wait_for_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
+    page.locator(selector).filter(has_text=text).first.wait_for(timeout=timeout)
+
+
+def test_backend_session_to_a_scored_answer_then_export(home):
+    db = home / "collab.sqlite"
+    with running_app(home, "--model", f"scripted:{home / 'script.json'}", "--tasks", str(home / "tasks.jsonl"),
+                     "--db", str(db)) as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-chat", QUESTION)
+        page.locator("#collab-input textarea").fill("Yes, every even number counts, negative ones too.")
+        page.locator("#collab-send").click()
+        wait_for_text(page, "#collab-score", "100% of tests passed")
+        assert "success" in page.locator("#collab-score").inner_text()
+    (session,) = SessionStore(db).list_sessions()
+    assert (session.status, session.reward, session.turns, session.mode) == ("scored", 1.0, 4, "human")
+    out = home / "export.jsonl"
+    subprocess.run([sys.executable, "-m", "collab_app", "export", "--db", str(db), "--format", "sweet",
+                    "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+    (episode,) = load_episodes(out).items
+    assert episode.reward == 1.0 and episode.task.id == "sum-even"
+    assert [t.role for t in episode.turns] == ["human", "agent", "human", "agent"]
+    assert episode.turns[1].input and "<|im_start|>system" in episode.turns[1].input
+
+
+def test_regenerate_and_like_are_recorded_and_become_a_training_pair(home):
+    db = home / "collab.sqlite"
+    with running_app(home, "--model", f"scripted:{home / 'script.json'}", "--tasks", str(home / "tasks.jsonl"),
+                     "--db", str(db)) as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-chat", QUESTION)
+        page.locator("#collab-regenerate").click()  # the script's next reply is the answer
+        wait_for_text(page, "#collab-score", "of tests passed")
+        page.locator("#collab-chat .message-wrap button[aria-label='Like']").last.click()
+        page.wait_for_timeout(1000)
+    store = SessionStore(db)
+    kinds = [e["kind"] for e in store.feedback()]
+    assert kinds == ["regenerate", "like"]
+    out = home / "pairs.jsonl"
+    subprocess.run([sys.executable, "-m", "collab_app", "export", "--db", str(db), "--format", "trl",
+                    "--out", str(out)], cwd=REPO, check=True, capture_output=True)
+    (pair,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert pair["rejected"] == QUESTION and pair["chosen"] == ANSWER
+    assert pair["prompt"].startswith("<|im_start|>system")
+
+
+def test_a_killed_app_loses_no_shown_turn(home, tiny_model_dir):
+    db = home / "collab.sqlite"
+    with running_app(home, "--model", str(tiny_model_dir), "--tasks", str(home / "tasks.jsonl"), "--db", str(db),
+                     "--max-new-tokens", "12") as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        page.wait_for_function("document.querySelectorAll('#collab-chat .message.bot').length >= 1", timeout=60_000)
+        page.wait_for_timeout(1500)  # let the streamed turn finish and be stored
+        page.locator("#collab-input textarea").fill("Only integers.")
+        page.locator("#collab-send").click()
+        page.wait_for_function("document.querySelectorAll('#collab-chat .message.bot').length >= 2", timeout=60_000)
+        page.wait_for_timeout(1500)
+        shown = agent_messages(page)
+        app.kill()  # SIGKILL: no shutdown hook runs
+    (session,) = SessionStore(db).list_sessions()
+    turns = SessionStore(db).turns(session.id)
+    stored_agent = [t["content"] for t in turns if t["role"] == "agent"]
+    assert "Only integers." in [t["content"] for t in turns]
+    assert len(stored_agent) >= 2
+    for text in shown:  # what the browser showed is what the database holds (markdown aside)
+        assert any(text.strip()[:10] in s for s in stored_agent)
