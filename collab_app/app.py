@@ -11,8 +11,10 @@ import gradio as gr  # noqa: E402
 from collab_app.chat_tab import build_chat_tab  # noqa: E402
 from collab_app.cli import AppConfig  # noqa: E402
 from collab_app.collaborate_tab import build_collaborate_tab  # noqa: E402
+from collab_app.compare_tab import build_compare_tab  # noqa: E402
 from collab_app.context import AppContext  # noqa: E402
 from collab_app.data_tab import build_data_tab  # noqa: E402
+from collab_app.leaderboard_tab import build_leaderboard_tab  # noqa: E402
 
 # System fonts only: the default theme would make every browser fetch Google Fonts.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -25,6 +27,10 @@ def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
         gr.Markdown(f"## collab-rl · agent `{config.model}`")
         with gr.Tab("Collaborate"):
             build_collaborate_tab(ctx)
+        with gr.Tab("Compare", elem_id="compare-tab"):
+            build_compare_tab(ctx)
+        with gr.Tab("Leaderboard") as leaderboard_tab:
+            build_leaderboard_tab(ctx, leaderboard_tab)
         with gr.Tab("Data") as data_tab:
             build_data_tab(ctx, data_tab)
         with gr.Tab("Chat"):

@@ -62,6 +62,7 @@ class AppConfig:
 SUBCOMMANDS = {
     "serve-model": "OpenAI-compatible HTTP server over a model (serve-model --help)",
     "export": "export sessions as sweet_rl JSONL, TRL preference pairs or a HF dataset (export --help)",
+    "leaderboard": "Bradley–Terry ratings from Compare-tab votes, with automatic scores (leaderboard --help)",
 }
 
 

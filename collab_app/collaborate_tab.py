@@ -203,11 +203,10 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         base, rest = chat_messages(session), views(session)[2:]
         try:
             for view in stream or session.agent_replies():
-                if view.done:
-                    if view.render_error:
-                        gr.Warning(f"The agent's page did not render: {view.render_error}")
-                    break
-                yield (session, base + [{"role": "assistant", "content": view.text}], *rest)
+                if not view.done:
+                    yield (session, base + [{"role": "assistant", "content": view.text}], *rest)
+                elif view.render_error:
+                    gr.Warning(f"The agent's page did not render: {view.render_error}")
         except (ModelError, SessionError) as exc:
             gr.Warning(str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed turn must leave the session usable

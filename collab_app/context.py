@@ -26,6 +26,7 @@ class AppContext:
     store: SessionStore = field(init=False)
     catalog: TaskCatalog = field(init=False)
     _reference_images: dict = field(default_factory=dict, init=False)
+    _model_slots: dict = field(default_factory=dict, init=False)  # spec -> ActorSlot (Compare tab)
 
     def __post_init__(self) -> None:
         self.actor = ActorSlot(self.config.model)
@@ -41,6 +42,13 @@ class AppContext:
             self.actor.get()
         except ModelError:
             pass  # kept by the slot and shown to the first person who starts a session
+
+    def model_slot(self, spec: str) -> ActorSlot:
+        """Any model by spec, loaded once and shared by every tab; the agent's spec is the agent's slot."""
+        spec = spec.strip()
+        if spec == self.config.model:
+            return self.actor
+        return self._model_slots.setdefault(spec, ActorSlot(spec))
 
     def check_message(self, text: str) -> None:
         limit = self.config.max_message_chars

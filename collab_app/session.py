@@ -131,12 +131,11 @@ class LiveSession:
             raise SessionError("there is no agent reply to regenerate")
         index = len(self.episode.turns) - 1
         self._truncate(index)
-        new = None
         for view in self.agent_replies():
-            new = view
+            if view.done:  # recorded before the last view is handed out: a consumer may stop there
+                self.store.add_feedback(self.session_id, "regenerate", turn_idx=index, before=last.content,
+                                        after=view.text)
             yield view
-        self.store.add_feedback(self.session_id, "regenerate", turn_idx=index, before=last.content,
-                                after=new.text if new else None)
 
     def edit(self, index: int, text: str) -> None:
         """Change a message in place. Editing the agent's message records the correction as

@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
+from app_process import REPO, browser_page, running_app
 
 from simulators.domain import ANSWER_MARKER
 from simulators.store import SessionStore
 from simulators.tasks import load_episodes
-from app_process import REPO, browser_page, running_app
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,306 @@
+"""Leaderboard: Bradley–Terry ratings from the Compare tab's votes, beside automatic ColBench scores.
+
+    python -m collab_app leaderboard --db PATH [--votes final|round|all] [--rollouts FILE]... [--plot PNG]
+
+Ratings are computed as chat arenas compute them: a Bradley–Terry model, P(i beats j) =
+1 / (1 + 10^((R_j - R_i) / 400)), fitted to all votes at once by maximum likelihood (logistic
+regression on the rating differences, solved with Newton's method in numpy) and put on the Elo
+scale anchored at a mean of 1000. A tie counts half a win for each side; "both bad" counts as a
+tie too, as in Chatbot Arena (neither reply was preferred). A weak Gaussian prior on the ratings
+(``L2``) keeps a model that never lost finite. 95% confidence intervals come from the bootstrap:
+the votes are resampled with replacement, the ratings refitted, and the 2.5th and 97.5th
+percentiles taken (a model absent from a resample has no rating in it).
+
+Which votes: ``final`` (default) — one overall vote per comparison, like an arena battle;
+``round`` — one vote per round (more data, but the rounds of one comparison are not independent);
+``all`` — both.
+
+Next to the ratings: each model version's automatic scores, the mean reward and success rate of
+its scored sessions in the store (any mode), and, when rollout files are given, of its held-out
+rollouts (sweet_rl JSONL from ``python -m simulators rollout``, grouped by ``agent_model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simulators.domain import Episode
+from simulators.store import SessionStore
+
+ELO_SCALE = 400.0
+ELO_BASE = 10.0
+ELO_ANCHOR = 1000.0
+L2 = 0.1  # prior precision on log-strengths: a standard deviation of ~3.2 logits (~550 Elo points)
+BOOTSTRAP_ROUNDS = 1000
+VOTE_SETS = ("final", "round", "all")
+SCORE_OF_WINNER = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # model a's score in the battle
+
+
+@dataclass(frozen=True)
+class Battle:
+    """One vote between two models: ``winner`` is a/b/tie/both_bad, for positions a/b."""
+
+    model_a: str
+    model_b: str
+    winner: str
+
+
+def stored_battles(store: SessionStore, votes: str = "final") -> list[Battle]:
+    """The Compare tab's votes (feedback of kind ``vote`` with two named models)."""
+    if votes not in VOTE_SETS:
+        raise ValueError(f"votes must be one of {', '.join(VOTE_SETS)}, not {votes!r}")
+    battles = []
+    for event in store.feedback():
+        payload = event["payload"]
+        if event["kind"] != "vote" or not payload.get("model_a") or not payload.get("model_b"):
+            continue
+        if payload.get("winner") not in SCORE_OF_WINNER:
+            continue
+        if votes == "all" or bool(payload.get("final")) == (votes == "final"):
+            battles.append(Battle(payload["model_a"], payload["model_b"], payload["winner"]))
+    return battles
+
+
+# -- Bradley–Terry --------------------------------------------------------------------------------
+def _encode(battles: Sequence[Battle], models: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays of the two sides and model a's score; a model against itself says nothing."""
+    index = {m: k for k, m in enumerate(models)}
+    kept = [b for b in battles if b.model_a != b.model_b]
+    first = np.array([index[b.model_a] for b in kept], dtype=np.int64)
+    second = np.array([index[b.model_b] for b in kept], dtype=np.int64)
+    score = np.array([SCORE_OF_WINNER[b.winner] for b in kept], dtype=float)
+    return first, second, score
+
+
+def _fit_strengths(first: np.ndarray, second: np.ndarray, score: np.ndarray, n_models: int,
+                   l2: float = L2) -> np.ndarray:
+    """Maximum a-posteriori log-strengths (natural-log odds scale) by damped Newton steps.
+
+    The penalised log-likelihood is strictly concave, so Newton's method converges; steps are
+    capped at 2 logits so a nearly separable start cannot overshoot."""
+    theta = np.zeros(n_models)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(theta[second] - theta[first]))  # P(first beats second)
+        residual = score - p
+        gradient = (np.bincount(first, residual, n_models) - np.bincount(second, residual, n_models)
+                    - l2 * theta)
+        weight = p * (1.0 - p)
+        # Negative Hessian: a weighted graph Laplacian of the battles, plus the prior.
+        curvature = np.diag(np.bincount(first, weight, n_models) + np.bincount(second, weight, n_models) + l2)
+        np.add.at(curvature, (first, second), -weight)
+        np.add.at(curvature, (second, first), -weight)
+        step = np.clip(np.linalg.solve(curvature, gradient), -2.0, 2.0)
+        theta += step
+        if np.abs(step).max() < 1e-9:
+            break
+    return theta
+
+
+def _to_elo(theta: np.ndarray) -> np.ndarray:
+    return ELO_ANCHOR + ELO_SCALE / math.log(ELO_BASE) * (theta - theta.mean())
+
+
+def fit_ratings(battles: Sequence[Battle], l2: float = L2) -> dict[str, float]:
+    """Elo-scale Bradley–Terry ratings of every model that appears in ``battles`` (mean 1000)."""
+    models = _models_of(battles)
+    if not models:
+        return {}
+    theta = _fit_strengths(*_encode(battles, models), len(models), l2)
+    return dict(zip(models, _to_elo(theta).tolist()))
+
+
+def bootstrap_intervals(battles: Sequence[Battle], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+                        l2: float = L2) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals of each rating over ``rounds`` resamples of the votes."""
+    models = _models_of(battles)
+    if not models or rounds <= 0:
+        return {}
+    first, second, score = _encode(battles, models)
+    rng = np.random.default_rng(seed)
+    samples = np.full((rounds, len(models)), np.nan)
+    for r in range(rounds):
+        pick = rng.integers(0, len(score), len(score))
+        present = np.unique(np.concatenate([first[pick], second[pick]]))
+        # Refit on the models present, so an absent one neither anchors nor skews the mean.
+        remap = np.full(len(models), -1)
+        remap[present] = np.arange(len(present))
+        theta = _fit_strengths(remap[first[pick]], remap[second[pick]], score[pick], len(present), l2)
+        samples[r, present] = _to_elo(theta)
+    lower, upper = np.nanpercentile(samples, [2.5, 97.5], axis=0)
+    return {m: (float(lo), float(hi)) for m, lo, hi in zip(models, lower, upper)}
+
+
+def _models_of(battles: Iterable[Battle]) -> list[str]:
+    return sorted({m for b in battles if b.model_a != b.model_b for m in (b.model_a, b.model_b)})
+
+
+# -- the table ------------------------------------------------------------------------------------
+@dataclass
+class LeaderboardRow:
+    model: str
+    rating: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+    battles: int = 0
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    sessions: int = 0  # scored sessions in the store
+    mean_reward: float | None = None
+    success_rate: float | None = None  # over sessions whose scores say success or not (backend)
+    heldout_episodes: int = 0
+    heldout_reward: float | None = None
+    heldout_success_rate: float | None = None
+
+
+def _score_summary(episodes: Sequence[Episode]) -> tuple[int, float | None, float | None]:
+    rewards = [e.reward for e in episodes if e.reward is not None]
+    successes = [bool(e.scores["success"]) for e in episodes if "success" in e.scores]
+    return (len(episodes), sum(rewards) / len(rewards) if rewards else None,
+            sum(successes) / len(successes) if successes else None)
+
+
+def leaderboard(store: SessionStore, *, votes: str = "final", rollout_files: Sequence[str | Path] = (),
+                bootstrap_rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> list[LeaderboardRow]:
+    """Every model that was voted on, scored in the store or rolled out, best rating first."""
+    from simulators.tasks import load_episodes
+
+    battles = stored_battles(store, votes)
+    ratings = fit_ratings(battles)
+    intervals = bootstrap_intervals(battles, bootstrap_rounds, seed)
+    rows: dict[str, LeaderboardRow] = {}
+
+    def row(model: str) -> LeaderboardRow:
+        return rows.setdefault(model, LeaderboardRow(model))
+
+    for battle in battles:
+        if battle.model_a == battle.model_b:
+            continue
+        a, b = row(battle.model_a), row(battle.model_b)
+        a.battles, b.battles = a.battles + 1, b.battles + 1
+        if battle.winner == "a":
+            a.wins, b.losses = a.wins + 1, b.losses + 1
+        elif battle.winner == "b":
+            b.wins, a.losses = b.wins + 1, a.losses + 1
+        else:
+            a.ties, b.ties = a.ties + 1, b.ties + 1
+    for model, rating in ratings.items():
+        row(model).rating = rating
+        row(model).lower, row(model).upper = intervals.get(model, (None, None))
+    by_model: dict[str, list[Episode]] = {}
+    for episode in store.episodes(status="scored", limit=10**9):
+        by_model.setdefault(episode.agent_model or "?", []).append(episode)
+    for model, episodes in by_model.items():
+        entry = row(model)
+        entry.sessions, entry.mean_reward, entry.success_rate = _score_summary(episodes)
+    heldout: dict[str, list[Episode]] = {}
+    for path in rollout_files:
+        for episode in load_episodes(path).items:
+            heldout.setdefault(episode.agent_model or "?", []).append(episode)
+    for model, episodes in heldout.items():
+        entry = row(model)
+        entry.heldout_episodes, entry.heldout_reward, entry.heldout_success_rate = _score_summary(episodes)
+    return sorted(rows.values(), key=lambda r: (r.rating is None, -(r.rating or 0.0),
+                                                -(r.mean_reward or 0.0), r.model))
+
+
+COLUMNS = ["rank", "model", "rating", "95% CI", "votes", "W-T-L", "sessions", "mean reward", "success",
+           "held-out reward", "held-out success", "held-out n"]
+
+
+def table_rows(rows: Sequence[LeaderboardRow]) -> list[list]:
+    """The table as display cells (rank counts rated models only), for the CLI and the tab."""
+    cells = []
+    for rank, r in enumerate(rows, 1):
+        cells.append([
+            rank if r.rating is not None else "",
+            r.model,
+            _number(r.rating, 0),
+            f"{r.lower:.0f} – {r.upper:.0f}" if r.lower is not None else "",
+            r.battles,
+            f"{r.wins}-{r.ties}-{r.losses}" if r.battles else "",
+            r.sessions,
+            _number(r.mean_reward, 3),
+            _percent(r.success_rate),
+            _number(r.heldout_reward, 3),
+            _percent(r.heldout_success_rate),
+            r.heldout_episodes or "",
+        ])
+    return cells
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0%}"
+
+
+def format_table(rows: Sequence[LeaderboardRow]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [COLUMNS] + [[str(c) for c in line] for line in table_rows(rows)]
+    widths = [max(len(line[k]) for line in cells) for k in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def ratings_figure(rows: Sequence[LeaderboardRow]):
+    """Ratings with their 95% intervals as a horizontal error-bar chart (a matplotlib Figure)."""
+    from matplotlib.figure import Figure
+
+    rated = [r for r in rows if r.rating is not None][::-1]  # best at the top
+    figure = Figure(figsize=(7, 0.6 * len(rated) + 1.4), layout="constrained")
+    axes = figure.subplots()
+    if not rated:
+        axes.text(0.5, 0.5, "No votes yet: compare two models in the Compare tab.", ha="center", va="center")
+        axes.set_axis_off()
+        return figure
+    ratings = np.array([r.rating for r in rated])
+    lower = np.array([r.lower if r.lower is not None else r.rating for r in rated])
+    upper = np.array([r.upper if r.upper is not None else r.rating for r in rated])
+    axes.errorbar(ratings, range(len(rated)), xerr=[ratings - lower, upper - ratings], fmt="o", capsize=4)
+    axes.axvline(ELO_ANCHOR, color="grey", linewidth=0.8, linestyle=":")
+    axes.set_yticks(range(len(rated)), [_short(r.model) for r in rated])
+    axes.set_xlabel("Bradley–Terry rating (Elo scale) with 95% bootstrap interval")
+    return figure
+
+
+def _short(model: str, limit: int = 40) -> str:
+    return model if len(model) <= limit else "…" + model[-(limit - 1):]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m collab_app leaderboard",
+                                     description="Bradley–Terry ratings from the Compare tab's votes, with "
+                                                 "bootstrap intervals and automatic ColBench scores.")
+    parser.add_argument("--db", default="", help="session database (default: $COLLAB_HOME/collab.sqlite)")
+    parser.add_argument("--votes", choices=VOTE_SETS, default="final",
+                        help="final: one overall vote per comparison (default); round: one per round; all: both")
+    parser.add_argument("--rollouts", action="append", default=[], metavar="FILE",
+                        help="held-out rollout JSONL (sweet_rl layout) to score each model on; repeatable")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_ROUNDS, help="bootstrap resamples (0 = no CI)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--plot", metavar="PNG", help="also save the ratings chart as a PNG")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    args = parser.parse_args(argv)
+    if args.db and not Path(args.db).is_file():
+        parser.error(f"{args.db}: no such database")
+    for path in args.rollouts:
+        if not Path(path).is_file():
+            parser.error(f"{path}: no such rollout file")
+    rows = leaderboard(SessionStore(args.db or None), votes=args.votes, rollout_files=args.rollouts,
+                       bootstrap_rounds=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        print(format_table(rows) if rows else "No votes or scored sessions yet.")
+    if args.plot:
+        ratings_figure(rows).savefig(args.plot, dpi=120)
+    return 0
