@@ -17,7 +17,7 @@ from simulators.domain import MAX_ROUNDS
 from simulators.llm.base import ModelError
 
 NO_COMPARISON = "Pick a task and two models, then press **Start comparison**."
-VOTE_BUTTONS = (("a", "👈 A is better"), ("tie", "🤝 Tie"), ("both_bad", "👎 Both are bad"), ("b", "B is better 👉"))
+VOTE_BUTTONS = (("a", "← A is better"), ("tie", "Tie"), ("both_bad", "Both are bad"), ("b", "B is better →"))
 VERDICT_WORDS = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}
 
 
@@ -100,14 +100,15 @@ def build_compare_tab(ctx: AppContext) -> None:
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Compare two models\nThey are shown as **A** and **B** in random order; "
                         "you learn which is which after your final vote.")
-            kind = gr.Radio(["any", "backend", "frontend"], value="any", label="Kind")
-            task_pick = gr.Dropdown(ctx.catalog.choices(), label="Task", elem_id="compare-task", value=None)
-            random_btn = gr.Button("Random task", size="sm")
-            spec_help = "'default', a local model directory, registry:VERSION or openai:BASE_URL#MODEL"
-            first_spec = gr.Textbox(label="Model 1", value=ctx.config.model, info=spec_help, max_lines=1,
-                                    elem_id="compare-model-1")
-            second_spec = gr.Textbox(label="Model 2", info=spec_help, max_lines=1, elem_id="compare-model-2")
-            name = gr.Textbox(label="Your name (recorded with the votes)", value="anonymous", max_lines=1)
+            with gr.Accordion("Set up a comparison", open=True) as setup:
+                kind = gr.Radio(["any", "backend", "frontend"], value="any", label="Kind")
+                task_pick = gr.Dropdown(ctx.catalog.choices(), label="Task", elem_id="compare-task", value=None)
+                random_btn = gr.Button("Random task", size="sm")
+                spec_help = "'default', a local model directory, registry:VERSION or openai:BASE_URL#MODEL"
+                first_spec = gr.Textbox(label="Model 1", value=ctx.config.model, info=spec_help, max_lines=1,
+                                        elem_id="compare-model-1")
+                second_spec = gr.Textbox(label="Model 2", info=spec_help, max_lines=1, elem_id="compare-model-2")
+                name = gr.Textbox(label="Your name (recorded with the votes)", value="anonymous", max_lines=1)
             start_btn = gr.Button("Start comparison", variant="primary", elem_id="compare-start")
             with gr.Accordion("You are the human: what you know", open=True):
                 problem = gr.Markdown(NO_COMPARISON)
@@ -116,12 +117,12 @@ def build_compare_tab(ctx: AppContext) -> None:
         with gr.Column(scale=4):
             status = gr.Markdown(NO_COMPARISON, elem_id="compare-status")
             with gr.Row(equal_height=True):
-                chat_a = gr.Chatbot(label="Model A", height=440, elem_id="compare-chat-a")
-                chat_b = gr.Chatbot(label="Model B", height=440, elem_id="compare-chat-b")
+                chat_a = gr.Chatbot(label="Model A", height=440, buttons=["copy", "copy_all"], elem_id="compare-chat-a")
+                chat_b = gr.Chatbot(label="Model B", height=440, buttons=["copy", "copy_all"], elem_id="compare-chat-b")
             with gr.Row(visible=False) as pages_row:
-                page_a = gr.Image(label="Model A's page", type="filepath", interactive=False)
-                reference_image = gr.Image(label="The page you want", type="pil", interactive=False)
-                page_b = gr.Image(label="Model B's page", type="filepath", interactive=False)
+                page_a = gr.Image(label="Model A's page", type="filepath", interactive=False, height=400)
+                reference_image = gr.Image(label="The page you want", type="pil", interactive=False, height=400)
+                page_b = gr.Image(label="Model B's page", type="filepath", interactive=False, height=400)
             with gr.Row():
                 vote_buttons = [gr.Button(label, interactive=False, elem_id=f"compare-vote-{verdict.replace('_', '-')}")
                                 for verdict, label in VOTE_BUTTONS]
@@ -182,7 +183,8 @@ def build_compare_tab(ctx: AppContext) -> None:
         reference = ctx.reference_image(task) if task.kind == "frontend" else None
         shows_code = task.kind == "backend"
         return (*views(comparison), f"**Task ({task.kind}):** {task.problem_description}",
-                gr.update(value=task.hidden_information if shows_code else "", visible=shows_code), reference)
+                gr.update(value=task.hidden_information if shows_code else "", visible=shows_code), reference,
+                gr.update(open=False))
 
     def stream(comparison):
         """Both replies stream into their panes; a failure ends as a notice and Retry stays open."""
@@ -245,7 +247,7 @@ def build_compare_tab(ctx: AppContext) -> None:
             raise gr.Error(str(exc)) from exc
 
     start_btn.click(start, [task_pick, first_spec, second_spec, name, comparison_state],
-                    [*outputs, problem, reference_code, reference_image]
+                    [*outputs, problem, reference_code, reference_image, setup]
                     ).success(stream, comparison_state, outputs)
     for button, (verdict, _) in zip(vote_buttons, VOTE_BUTTONS):
         button.click(lambda c, v=verdict: vote(v, c), comparison_state, outputs)

@@ -279,13 +279,14 @@ class Comparison:
         self.history.append(chosen.turn)
         if chosen.render_hash:
             self.history_renders[index] = chosen.render_hash
-        for position, side in self.sides.items():  # a losing side's session goes on from the carried reply
-            if position != carried:
-                self.store.replace_turn(side.session_id, index, chosen.turn, render_hash=chosen.render_hash)
         if ANSWER_MARKER in chosen.turn.content:
             self._end_rounds(f"model {carried.upper()}'s answer was carried forward")
         elif self.rounds >= MAX_ROUNDS:
             self._end_rounds(f"{MAX_ROUNDS} rounds were played")
+        else:  # a losing side's session goes on from the carried reply, as the dialogue does
+            for position, side in self.sides.items():
+                if position != carried:
+                    self.store.replace_turn(side.session_id, index, chosen.turn, render_hash=chosen.render_hash)
 
     def human_says(self, text: str) -> None:
         if self.stage != "message":
@@ -327,7 +328,8 @@ class Comparison:
         self.store.add_feedback(a.session_id, "vote", turn_idx=turn_idx, payload=payload)
 
     def _end_rounds(self, reason: str) -> None:
-        """Each session ends with its side's own last reply: that is what the side is scored on."""
+        """Each session ends with its side's own last reply (put back where the person ends the
+        comparison after that reply lost a vote): that is what the side is scored on."""
         self.end_reason = reason
         index = len(self.history) - 1
         for side in self.sides.values():

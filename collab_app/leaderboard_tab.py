@@ -11,7 +11,7 @@ from simulators.tasks import TaskFileError
 EXPLANATION = (
     "Bradley–Terry ratings on the Elo scale (mean 1000) fitted to the Compare tab's votes; a tie or "
     "*both bad* counts half a win for each side. The interval is the 95% bootstrap interval (votes "
-    "resampled 1000 times). *Mean reward* and *success* are the model's scored sessions in this app; "
+    "resampled 1000 times); with only a few votes it means little. *Mean reward* and *success* are the model's scored sessions in this app; "
     "*held-out* columns come from the rollout files you add below."
 )
 

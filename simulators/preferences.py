@@ -3,6 +3,8 @@
 * an **edit** of an agent message: the edited text is chosen over the original;
 * a **regeneration** whose new reply is then **liked**: the new reply is chosen over the discarded;
 * a **vote** between two models' replies to the same prompt (Compare tab): the winner is chosen.
+  Only round votes with a winner make pairs: ties, both-bad and the final overall vote (which
+  judges whole conversations, not one turn) do not. See ``collab_app.comparison`` for the payload.
 
 Each pair carries the agent's exact prompt at that turn, so it is a TRL preference row
 (``prompt``, ``chosen``, ``rejected``) and a direct DPO pair for the actor.
@@ -43,8 +45,9 @@ def preference_pairs(store: SessionStore) -> list[PreferencePair]:
             prompt = (turn or {}).get("input")
             if event["kind"] == "vote":
                 payload = event["payload"]
-                if payload.get("winner") in ("a", "b") and payload.get("prompt"):
-                    winner, loser = ("a", "b") if payload["winner"] == "a" else ("b", "a")
+                winner, loser = ("a", "b") if payload.get("winner") == "a" else ("b", "a")
+                if (payload.get("winner") in ("a", "b") and not payload.get("final") and payload.get("prompt")
+                        and payload.get(winner) != payload.get(loser)):
                     pairs.append(PreferencePair(payload["prompt"], payload[winner], payload[loser], "vote",
                                                 session_id, event["turn_idx"]))
                 continue

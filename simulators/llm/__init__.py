@@ -78,8 +78,7 @@ def load_model(spec: str, *, adapter: str | None = None) -> ChatModel:
 
         return OpenAIChatModel(parsed.target, parsed.model_name)
     if parsed.kind == "registry":
-        # Hook for the model registry (trained actor versions); a later issue implements it.
-        raise ModelError("model registry not available yet")
+        return _load_registry_version(parsed, adapter)
     if parsed.kind == "scripted":  # a fresh script position per load: nothing heavy to share
         if adapter is not None:
             raise ModelError("an adapter needs a local model, not a scripted one")
@@ -90,6 +89,25 @@ def load_model(spec: str, *, adapter: str | None = None) -> ChatModel:
     with _loading:
         if key not in _loaded:
             _loaded[key] = _load_local(parsed, adapter)
+        return _loaded[key]
+
+
+def _load_registry_version(spec: ModelSpec, adapter: str | None) -> ChatModel:
+    """A trained actor: its base model with its LoRA adapter, named by its registry version."""
+    from simulators.registry import RegistryError, resolve
+
+    if adapter is not None:
+        raise ModelError("a registry version already names its adapter")
+    try:
+        base_spec, adapter_dir = resolve(spec.target)
+    except RegistryError as exc:
+        raise ModelError(str(exc)) from exc
+    key = (spec, None)
+    with _loading:
+        if key not in _loaded:
+            model = _load_local(parse_model_spec(base_spec), adapter_dir)
+            model.name = f"registry:{spec.target}"  # recorded on every turn this version produces
+            _loaded[key] = model
         return _loaded[key]
 
 
