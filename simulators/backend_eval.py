@@ -1,0 +1,508 @@
+"""ColBench backend evaluation: run the agent's function against the reference on hidden tests.
+
+As in the paper, a task's reward is the fraction of its (10) test calls on which the answer and
+the reference return equal values, and the task is a success when all pass. Every call runs in
+the sandbox (:mod:`simulators.sandbox`); unlike ColBench we do not reject answers that merely
+contain ``print(`` or other blacklisted substrings: isolation comes from the sandbox, and
+anything a program prints is discarded.
+
+How one answer is evaluated:
+
+* One sandbox job defines the reference (unless its results are cached) and then the answer,
+  each in its own namespace, and runs every test call on each under its own time budget; the
+  job as a whole has a wall-clock and a no-progress budget. A call that hangs, raises, exhausts
+  memory or kills the process is a failed test; when the process dies, the call in flight is
+  charged and the remaining calls run in a fresh job.
+* The reference's results leave the job before the answer is even compiled, so the answer
+  cannot patch them; its namespace is torn down first, and an audit hook then refuses the
+  roads back to leftovers (gc object walks, ctypes, /proc). A residual risk remains by design:
+  both share one process -- one fork per task instead of two is what keeps evaluation fast --
+  so an answer able to read raw freed memory without ctypes could find traces. Answers scored
+  against a cached reference never share a process with it.
+* Values are compared here, never in the job: the job sends plain data
+  (:func:`simulators.sandbox.encode_value`), rebuilt here into builtin values compared with
+  plain ``==`` as in ColBench, except that NaN equals NaN. An answer cannot win with an object
+  whose ``__eq__`` always returns True.
+* ``random`` (and numpy's global generator, when loaded) is re-seeded before every call and str
+  hashing is fixed, so tasks that use randomness compare like-for-like.
+* Reference results are cached per task (id + hash of the reference and the calls), so scoring
+  many answers for one task (best-of-N) runs the reference once.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import re
+import textwrap
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from simulators.domain import ANSWER_MARKER, Episode, Task
+from simulators.sandbox import ERROR_CHARS, Isolation, Sandbox, SandboxLimits, SandboxRun, decode_value
+from simulators.scoring import TaskCheck
+
+PER_TEST_TIMEOUT_S = 1.0  # ColBench calls take milliseconds; a second is generous even on a busy box
+LOAD_TIMEOUT_S = 3.0  # defining a program (its imports and top-level code)
+JOB_STARTUP_S = 2.0  # slack in a job's wall budget on top of its programs and calls
+IDLE_GRACE_S = 1.0  # slack on the no-progress budget (message write, scheduling)
+REFERENCE_CACHE_SIZE = 4096  # tasks whose reference results are kept
+RANDOM_SEED = 0
+
+_PROGRAMS = ("reference", "answer")  # run in this order within a job
+_PYTHON_FENCES = {"", "python", "py", "python3", "py3"}
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # \Z: an unclosed last fence
+_CODE_START = re.compile(r"^(?:async\s+def|def|class|import|from|@)\b")
+_MAX_TRIM_LINES = 400
+
+
+# --------------------------------------------------------------------------------------------
+# Extracting the answer
+# --------------------------------------------------------------------------------------------
+
+
+def extract_code(message: str | None) -> str | None:
+    """The Python source of an agent's final answer, or None when it holds no code.
+
+    Looks after the last ``I WANT TO ANSWER:`` when present (else, or when nothing is found
+    there, in the whole message). Fenced blocks are preferred: among Python (or untagged)
+    fences, the largest one that parses and defines a function or class (the last of equals);
+    otherwise text is trimmed to the longest stretch that parses, starting at the first
+    ``def``, ``class``, import or decorator line, so chatter before and after code is ignored.
+    """
+    if not message or not message.strip():
+        return None
+    regions = [message]
+    if ANSWER_MARKER in message:
+        regions.insert(0, message.rsplit(ANSWER_MARKER, 1)[1])
+    for region in regions:
+        code = _code_in(region)
+        if code is not None:
+            return code
+    return None
+
+
+def _code_in(text: str) -> str | None:
+    blocks = [textwrap.dedent(body) for lang, body in _FENCE.findall(text) if lang.lower() in _PYTHON_FENCES]
+    defining = [block for block in blocks if _defines_something(block)]
+    if defining:
+        return max(reversed(defining), key=len).strip("\n")
+    for candidate in [*sorted(blocks, key=len, reverse=True), text]:
+        code = _trim_to_code(candidate)
+        if code is not None:
+            return code
+    return None
+
+
+def _defines_something(code: str) -> bool:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for node in tree.body)
+
+
+def _trim_to_code(text: str) -> str | None:
+    """The longest run of lines from the first code-looking line that parses and defines something."""
+    lines = textwrap.dedent(text).splitlines()
+    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), None)
+    if start is None:
+        return None
+    for end in range(min(len(lines), start + _MAX_TRIM_LINES), start, -1):
+        code = "\n".join(lines[start:end]).strip("\n")
+        if _defines_something(code):
+            return code
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+def values_equal(expected: Any, got: Any) -> bool:
+    """ColBench's plain ``==`` on rebuilt values (where NaN == NaN); never raises."""
+    try:
+        return bool(expected == got)
+    except Exception:  # e.g. RecursionError on absurd nesting: not equal
+        return False
+
+
+@dataclass
+class TestOutcome:
+    """One hidden test: the call, both results (as reprs) and the verdict."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str
+    call: str
+    expected: str | None  # repr of the reference's return value
+    got: str | None  # repr of the answer's return value
+    passed: bool
+    error: str | None = None  # why the test failed, when it is not a plain mismatch
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BackendResult:
+    """The evaluation of one answer; ``to_scores()`` is what goes into ``Episode.scores``."""
+
+    task_id: str
+    tests: list[TestOutcome]
+    error: str | None = None  # the answer as a whole could not be scored (no answer, no code)
+    reference_cached: bool = False
+    sandbox_runs: int = 0
+    isolation: Isolation | None = None  # what the sandbox could enforce on this host
+
+    @property
+    def tests_passed(self) -> float:
+        return sum(t.passed for t in self.tests) / len(self.tests) if self.tests else 0.0
+
+    @property
+    def success(self) -> bool:
+        return bool(self.tests) and all(t.passed for t in self.tests)
+
+    def to_scores(self) -> dict[str, Any]:
+        scores: dict[str, Any] = {
+            "tests_passed": self.tests_passed,
+            "success": self.success,
+            "tests": [t.to_dict() for t in self.tests],
+            "sandbox": {
+                "reference_cached": self.reference_cached,
+                "runs": self.sandbox_runs,
+                "isolation": self.isolation.to_dict() if self.isolation else {},
+            },
+        }
+        if self.error is not None:
+            scores["error"] = self.error
+        return scores
+
+
+@dataclass
+class _Observed:
+    """What one program returned for one call."""
+
+    value: Any = None
+    repr: str | None = None
+    error: str | None = None
+    transient: bool = False  # a timeout or a crash: not cached, it may pass on a calmer machine
+
+
+@dataclass
+class _Evaluation:
+    outcomes: dict[str, dict[str, _Observed]]  # program -> call name -> what it returned
+    reference_cached: bool
+    runs: int
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluator
+# --------------------------------------------------------------------------------------------
+
+
+def default_workers() -> int:
+    """Sandbox servers to run: ``COLLAB_EVAL_WORKERS``, else one per core up to 4."""
+    configured = os.environ.get("COLLAB_EVAL_WORKERS", "").strip()
+    return int(configured) if configured else max(1, min(4, os.cpu_count() or 1))
+
+
+class BackendEvaluator:
+    """Scores answers to backend tasks in a pool of sandbox servers, caching reference results.
+
+    Thread-safe; ``evaluate_batch`` and ``check`` run ``workers`` evaluations at once.
+    ``reference_runs`` counts the sandbox jobs that had to run a reference (cache misses).
+    """
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        per_test_timeout_s: float = PER_TEST_TIMEOUT_S,
+        load_timeout_s: float = LOAD_TIMEOUT_S,
+        limits: SandboxLimits | None = None,
+        mode: str = "auto",
+        cache_size: int = REFERENCE_CACHE_SIZE,
+    ) -> None:
+        self.workers = workers or default_workers()
+        self.per_test_timeout_s = per_test_timeout_s
+        self.load_timeout_s = load_timeout_s
+        self.sandbox = Sandbox(workers=self.workers, limits=limits, mode=mode)
+        self.reference_runs = 0
+        self._cache: OrderedDict[str, dict[str, _Observed]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def evaluate(self, task: Task, answer_text: str | None) -> BackendResult:
+        """Score the agent's final message (or the answer extracted from it) for one task."""
+        if task.kind != "backend":
+            raise ValueError(f"task {task.id} is a {task.kind} task, not a backend task")
+        if answer_text is None or not answer_text.strip():
+            return self._unscored(task, "no answer")
+        code = extract_code(answer_text)
+        if code is None:
+            return self._unscored(task, "no Python code found in the answer")
+        return self._result(task, self._evaluate_code(task, code))
+
+    def evaluate_batch(self, items: Iterable[tuple[Task, str | None]]) -> list[BackendResult]:
+        """``evaluate`` over (task, answer) pairs, ``workers`` at a time; results in input order."""
+        return self._map(lambda item: self.evaluate(*item), list(items))
+
+    def check(self, tasks: Sequence[Task]) -> list[TaskCheck]:
+        """Run each reference against itself: every call must return a value, twice the same."""
+        return self._map(self._check_one, list(tasks))
+
+    def close(self) -> None:
+        self.sandbox.close()
+
+    def __enter__(self) -> BackendEvaluator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _map(self, function: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if len(items) <= 1 or self.workers == 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backend-eval") as pool:
+            return list(pool.map(function, items))
+
+    def _unscored(self, task: Task, reason: str) -> BackendResult:
+        tests = [TestOutcome(name, call, None, None, False, reason) for name, call in task.test_cases.items()]
+        return BackendResult(task_id=task.id, tests=tests, error=reason)
+
+    def _check_one(self, task: Task) -> TaskCheck:
+        outcomes = self._evaluate_code(task, task.ground_truth).outcomes
+        by_problem: dict[str, list[str]] = {}
+        for name in task.test_cases:
+            first, second = outcomes["reference"][name], outcomes["answer"][name]
+            if first.error is not None:
+                problem = f"reference failed: {first.error}"
+            elif second.error is not None:
+                problem = f"second run failed: {second.error}"
+            elif not values_equal(first.value, second.value):
+                problem = f"not deterministic: {first.repr} then {second.repr}"
+            else:
+                continue
+            by_problem.setdefault(problem, []).append(name)
+        everything = len(task.test_cases) > 1
+        problems = [
+            f"{'all tests' if everything and len(names) == len(task.test_cases) else ', '.join(names)}: {problem}"
+            for problem, names in by_problem.items()
+        ]
+        return TaskCheck(task_id=task.id, source=task.source, ok=not problems, problems=problems)
+
+    def _result(self, task: Task, evaluation: _Evaluation) -> BackendResult:
+        tests = []
+        for name, call in task.test_cases.items():
+            expected, got = evaluation.outcomes["reference"][name], evaluation.outcomes["answer"][name]
+            if expected.error is not None:
+                passed, error = False, f"reference failed: {expected.error}"
+            elif got.error is not None:
+                passed, error = False, got.error
+            else:
+                passed, error = values_equal(expected.value, got.value), None
+            tests.append(TestOutcome(name, call, expected.repr, got.repr, passed, error))
+        return BackendResult(
+            task_id=task.id,
+            tests=tests,
+            reference_cached=evaluation.reference_cached,
+            sandbox_runs=evaluation.runs,
+            isolation=self.sandbox.isolation,
+        )
+
+    def _evaluate_code(self, task: Task, code: str) -> _Evaluation:
+        key = _reference_key(task)
+        cached = self._cached(key)
+        if cached is not None:
+            return self._run(task, code, cached)
+        with self._reference_lock(key):  # the first evaluation of a task runs its reference once
+            cached = self._cached(key)
+            if cached is not None:
+                return self._run(task, code, cached)
+            evaluation = self._run(task, code, None)
+            reference = evaluation.outcomes["reference"]
+            if not any(observed.transient for observed in reference.values()):
+                self._store(key, reference)
+            return evaluation
+
+    def _run(self, task: Task, code: str, cached_reference: dict[str, _Observed] | None) -> _Evaluation:
+        """Run jobs until every call of both programs has an outcome; a crash charges one call."""
+        sources = {"reference": task.ground_truth, "answer": code}
+        outcomes: dict[str, dict[str, _Observed]] = {"reference": dict(cached_reference or {}), "answer": {}}
+        runs = 0
+        while True:
+            todo = {p: [n for n in task.test_cases if n not in outcomes[p]] for p in _PROGRAMS}
+            programs = [
+                {"name": p, "source": sources[p], "calls": {n: task.test_cases[n] for n in todo[p]}}
+                for p in _PROGRAMS
+                if todo[p]
+            ]
+            if not programs:
+                return _Evaluation(outcomes, cached_reference is not None, runs)
+            calls = sum(len(p["calls"]) for p in programs)
+            run = self.sandbox.run(
+                "run_calls",
+                {
+                    "programs": programs,
+                    "load_timeout_s": self.load_timeout_s,
+                    "call_timeout_s": self.per_test_timeout_s,
+                    "seed": RANDOM_SEED,
+                },
+                wall_s=JOB_STARTUP_S + self.load_timeout_s * len(programs) + self.per_test_timeout_s * calls,
+                idle_s=max(self.load_timeout_s, self.per_test_timeout_s) + IDLE_GRACE_S,
+            )
+            runs += 1
+            if todo["reference"]:
+                with self._lock:
+                    self.reference_runs += 1
+            loaded = _collect(run, todo, outcomes)
+            _charge_call_in_flight(run, loaded, todo, outcomes)
+
+    def _cached(self, key: str) -> dict[str, _Observed] | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+            return entry
+
+    def _store(self, key: str, reference: dict[str, _Observed]) -> None:
+        with self._lock:
+            self._cache[key] = reference
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    @contextmanager
+    def _reference_lock(self, key: str) -> Iterator[None]:
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+            with self._lock:
+                self._key_locks.pop(key, None)  # later callers find the cache (or retry afresh)
+
+
+def _reference_key(task: Task) -> str:
+    content = json.dumps([task.ground_truth, sorted(task.test_cases.items())], ensure_ascii=False)
+    return f"{task.id}:{hashlib.sha256(content.encode()).hexdigest()[:24]}"
+
+
+def _collect(
+    run: SandboxRun, todo: dict[str, list[str]], outcomes: dict[str, dict[str, _Observed]]
+) -> dict[str, bool]:
+    """Record the outcomes a job reported; returns which programs got defined.
+
+    The messages are untrusted: anything malformed is ignored, the first outcome per call wins,
+    and once a later program has spoken, an earlier one may not any more (the later program
+    runs in the same process and could try to forge the earlier one's results).
+    """
+    expected = {program: set(names) for program, names in todo.items()}
+    order = [p for p in _PROGRAMS if expected[p]]
+    loaded = dict.fromkeys(_PROGRAMS, False)
+    current = 0  # index in ``order`` of the program allowed to speak
+    for message in run.messages:
+        if not isinstance(message, dict) or message.get("program") not in order:
+            continue
+        program = message["program"]
+        position = order.index(program)
+        if position < current:
+            continue
+        current = position
+        kind = message.get("kind")
+        if kind == "loaded" and not loaded[program]:
+            loaded[program] = True
+            if message.get("error") is not None:
+                failure = _Observed(error=f"{program} failed to load: {_text(message['error'])}")
+                for name in expected[program]:
+                    outcomes[program].setdefault(name, failure)
+        elif kind == "call" and loaded[program] and message.get("name") in expected[program]:
+            outcomes[program].setdefault(message["name"], _observed(message))
+        elif kind == "done":
+            current = position + 1
+    return loaded
+
+
+def _charge_call_in_flight(
+    run: SandboxRun,
+    loaded: dict[str, bool],
+    todo: dict[str, list[str]],
+    outcomes: dict[str, dict[str, _Observed]],
+) -> None:
+    """When a job ended early, blame the call (or program definition) it was busy with."""
+    for program in _PROGRAMS:
+        missing = [name for name in todo[program] if name not in outcomes[program]]
+        if not missing:
+            continue
+        why = run.describe()
+        if not loaded[program]:  # died while defining the program: none of its calls can run
+            for name in missing:
+                outcomes[program][name] = _Observed(
+                    error=f"{program} crashed while loading: {why}", transient=True
+                )
+        else:
+            outcomes[program][missing[0]] = _Observed(error=why, transient=True)
+        return
+
+
+def _observed(message: dict[str, Any]) -> _Observed:
+    if message.get("error") is not None:
+        return _Observed(error=_text(message["error"]), transient=message.get("timed_out") is True)
+    if "value" not in message:
+        return _Observed(error="the sandbox sent a result without a value")
+    try:
+        value = decode_value(message["value"])
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RecursionError):
+        return _Observed(error="the sandbox sent a malformed value")
+    return _Observed(value=value, repr=_text(message.get("repr")))
+
+
+def _text(value: Any) -> str:
+    return value[:ERROR_CHARS] if isinstance(value, str) else "?"
+
+
+# --------------------------------------------------------------------------------------------
+# Module-level API (what simulators.scoring dispatches to)
+# --------------------------------------------------------------------------------------------
+
+_default_evaluator: BackendEvaluator | None = None
+_default_lock = threading.Lock()
+
+
+def default_evaluator() -> BackendEvaluator:
+    """The process-wide evaluator (its servers start on first use and stop at exit)."""
+    global _default_evaluator
+    with _default_lock:
+        if _default_evaluator is None:
+            _default_evaluator = BackendEvaluator()
+        return _default_evaluator
+
+
+def evaluate_backend(task: Task, answer_text: str | None) -> BackendResult:
+    return default_evaluator().evaluate(task, answer_text)
+
+
+def evaluate_backend_batch(items: Iterable[tuple[Task, str | None]]) -> list[BackendResult]:
+    return default_evaluator().evaluate_batch(items)
+
+
+def check_tasks(tasks: Sequence[Task]) -> list[TaskCheck]:
+    return default_evaluator().check(tasks)
+
+
+def score_episodes(episodes: Sequence[Episode]) -> None:
+    """Set ``reward`` (fraction of tests passed) and ``scores`` of backend episodes in place."""
+    results = evaluate_backend_batch((episode.task, episode.answer) for episode in episodes)
+    for episode, result in zip(episodes, results):
+        episode.reward = result.tests_passed
+        episode.scores.update(result.to_scores())
