@@ -1,8 +1,13 @@
-"""The app's current agent model, loaded once and shared by every browser tab.
+"""The app's agent model, shared by every browser tab, with hot swap.
 
-Loading is lazy (the UI is up in seconds; the first message waits for the model) and guarded by
-a lock, so two tabs asking at once load it once. A load failure is kept and re-raised as a clear
-``ModelError`` for every caller until the spec changes, rather than retried on every message.
+The spec ``current`` follows the model registry: it serves the registry's current version (or the
+default model while none is set), and when the pointer changes — a promotion or rollback from the
+Train tab or from ``python -m collab_app models`` in another process — the next session gets the
+new version without a restart. A session in progress keeps the model object it started with, so
+its turns keep their version. Any other spec is served as it is.
+
+Loading is lazy and guarded by a lock, so two tabs asking at once load once. A load failure is
+kept and re-raised as a clear ``ModelError`` until the resolved spec changes.
 """
 
 from __future__ import annotations
@@ -11,23 +16,43 @@ import threading
 
 from simulators.llm import ChatModel, ModelError, load_model
 
+FOLLOW_REGISTRY = "current"
+
 
 class ActorSlot:
     def __init__(self, spec: str):
         self.spec = spec
+        self._loaded_spec: str | None = None
         self._model: ChatModel | None = None
-        self._error: ModelError | None = None
+        self._error: tuple[str, ModelError] | None = None
         self._lock = threading.Lock()
 
+    def resolved_spec(self) -> str:
+        """The model spec served right now (``registry:vNNNN`` or ``default`` for ``current``)."""
+        if self.spec != FOLLOW_REGISTRY:
+            return self.spec
+        from simulators.registry import ModelRegistry, RegistryError
+
+        try:
+            current = ModelRegistry().current()
+        except (RegistryError, OSError, ValueError):
+            current = None  # a broken pointer must not take the app down: serve the base model
+        return f"registry:{current.id}" if current else "default"
+
     def get(self) -> ChatModel:
+        target = self.resolved_spec()
         with self._lock:
-            if self._model is None and self._error is None:
-                try:
-                    self._model = load_model(self.spec)
-                except ModelError as exc:
-                    self._error = exc
-                except Exception as exc:  # noqa: BLE001 - any load failure becomes a message in the UI
-                    self._error = ModelError(f"could not load model {self.spec!r}: {exc}")
-            if self._error is not None:
-                raise self._error
-            return self._model
+            if self._loaded_spec == target and self._model is not None:
+                return self._model
+            if self._error is not None and self._error[0] == target:
+                raise self._error[1]
+            try:
+                model = load_model(target)
+            except ModelError as exc:
+                self._error = (target, exc)
+                raise
+            except Exception as exc:  # noqa: BLE001 - any load failure becomes a message in the UI
+                self._error = (target, ModelError(f"could not load model {target!r}: {exc}"))
+                raise self._error[1] from exc
+            self._model, self._loaded_spec, self._error = model, target, None
+            return model

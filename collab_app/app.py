@@ -15,6 +15,7 @@ from collab_app.compare_tab import build_compare_tab  # noqa: E402
 from collab_app.context import AppContext  # noqa: E402
 from collab_app.data_tab import build_data_tab  # noqa: E402
 from collab_app.leaderboard_tab import build_leaderboard_tab  # noqa: E402
+from collab_app.train_tab import build_train_tab  # noqa: E402
 
 # System fonts only: the default theme would make every browser fetch Google Fonts.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
@@ -24,7 +25,8 @@ THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
 def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
     ctx = AppContext(config)
     with gr.Blocks(title="collab-rl", analytics_enabled=False) as app:
-        gr.Markdown(f"## collab-rl · agent `{config.model}`")
+        # A callable value is evaluated at each page load: it shows the version served right now.
+        gr.Markdown(lambda: f"## collab-rl · agent `{ctx.actor.resolved_spec()}`")
         with gr.Tab("Collaborate"):
             build_collaborate_tab(ctx)
         with gr.Tab("Compare", elem_id="compare-tab"):
@@ -33,6 +35,8 @@ def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
             build_leaderboard_tab(ctx, leaderboard_tab)
         with gr.Tab("Data") as data_tab:
             build_data_tab(ctx, data_tab)
+        with gr.Tab("Train") as train_tab:
+            build_train_tab(ctx, train_tab)
         with gr.Tab("Chat"):
             build_chat_tab(ctx.actor, config.max_message_chars, config.max_new_tokens)
     app.queue(default_concurrency_limit=4)

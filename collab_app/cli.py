@@ -3,6 +3,7 @@
     python -m collab_app [APP FLAGS]            run the Gradio app (default)
     python -m collab_app serve-model [FLAGS]    OpenAI-compatible HTTP server over a local model
     python -m collab_app export [FLAGS]         sessions -> sweet_rl JSONL, TRL pairs, HF dataset
+    python -m collab_app models ACTION          list | promote VERSION | rollback [VERSION|base]
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 class AppConfig:
     """Settings of the app; every field is a ``--flag`` of ``python -m collab_app``."""
 
-    model: str = field(default="default", metadata={
-        "help": "agent model: 'default' (SmolLM2-135M-Instruct), a local HF directory or hub id, "
-                "or 'openai:BASE_URL#MODEL' for an OpenAI-compatible endpoint such as vllm serve"})
-    simulator: str = field(default="", metadata={
-        "help": "model of the simulated human ('Suggest a reply', 'Let the simulator play'); "
-                "empty = the agent model"})
+    model: str = field(default="current", metadata={
+        "help": "agent model: 'current' (the model registry's current version, else SmolLM2-135M-Instruct; "
+                "follows promotions and rollbacks without a restart), 'default', 'registry:VERSION', "
+                "a local HF directory or hub id, or 'openai:BASE_URL#MODEL' for an endpoint such as vllm serve"})
+    simulator: str = field(default="default", metadata={
+        "help": "model of the simulated human ('Suggest a reply', 'Let the simulator play', the Train "
+                "tab's evaluation); same spec forms as --model"})
     tasks: list[str] = field(default_factory=list, metadata={
         "help": "ColBench-format task file to offer besides our samples (repeat for several)"})
     db: str = field(default="", metadata={"help": "session database; empty means $COLLAB_HOME/collab.sqlite"})
@@ -61,6 +63,7 @@ class AppConfig:
 
 SUBCOMMANDS = {
     "serve-model": "OpenAI-compatible HTTP server over a model (serve-model --help)",
+    "models": "list trained actor versions, promote one, roll back (models --help)",
     "export": "export sessions as sweet_rl JSONL, TRL preference pairs or a HF dataset (export --help)",
     "leaderboard": "Bradley–Terry ratings from Compare-tab votes, with automatic scores (leaderboard --help)",
 }

@@ -12,9 +12,11 @@ from collab_app.actor import ActorSlot
 from collab_app.catalog import TaskCatalog
 from collab_app.cli import AppConfig
 from collab_app.session import LiveSession
+from collab_app.training_jobs import TrainingManager
 from simulators.domain import Task
 from simulators.humans import SimulatedHuman
 from simulators.llm.base import ModelError
+from simulators.registry import ModelRegistry
 from simulators.store import SessionStore
 
 
@@ -25,6 +27,7 @@ class AppContext:
     simulator_slot: ActorSlot = field(init=False)
     store: SessionStore = field(init=False)
     catalog: TaskCatalog = field(init=False)
+    training: TrainingManager = field(init=False)
     _reference_images: dict = field(default_factory=dict, init=False)
     _model_slots: dict = field(default_factory=dict, init=False)  # spec -> ActorSlot (Compare tab)
 
@@ -34,6 +37,7 @@ class AppContext:
         self.simulator_slot = self.actor if same else ActorSlot(self.config.simulator)
         self.store = SessionStore(self.config.db or None)
         self.catalog = TaskCatalog(self.config.tasks)
+        self.training = TrainingManager(self.store, eval_tasks=",".join(self.config.tasks))
         # Load the agent in the background: the UI is up at once and the first session rarely waits.
         threading.Thread(target=self._preload, daemon=True, name="preload-agent").start()
 
@@ -42,6 +46,15 @@ class AppContext:
             self.actor.get()
         except ModelError:
             pass  # kept by the slot and shown to the first person who starts a session
+
+    def promote(self, version: str | None, reason: str = "promote") -> None:
+        """Serve ``version`` (None = the base model) to new sessions, loading it before it is announced."""
+        registry = ModelRegistry()
+        if version is None:
+            registry.serve_base(reason=reason)
+        else:
+            registry.set_current(version, reason=reason)
+        self.actor.get()  # an app following the registry loads the new version now, not mid-session
 
     def model_slot(self, spec: str) -> ActorSlot:
         """Any model by spec, loaded once and shared by every tab; the agent's spec is the agent's slot."""

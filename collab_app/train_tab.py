@@ -1,0 +1,156 @@
+"""Train tab: logged sessions -> a new actor version -> evaluated -> promoted, without a restart."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from collab_app.context import AppContext
+from collab_app.models import version_rows
+from collab_app.training_jobs import TrainRequest
+from simulators.registry import ModelRegistry, RegistryError
+
+ANY = "any"
+VERSION_COLUMNS = ["version", "current", "parent", "algorithm", "created", "new reward", "parent reward"]
+
+
+def evaluation_markdown(status: dict | None) -> str:
+    """The gate: the new version and its parent on the same held-out tasks, side by side."""
+    version = (status or {}).get("version")
+    if not version:
+        return ""
+    evaluation = version.get("evaluation", {})
+    new, parent = evaluation.get("new", {}), evaluation.get("parent", {})
+    keys = sorted({k for k in (*new, *parent) if isinstance(new.get(k, parent.get(k)), (int, float))})
+    lines = [f"### Evaluation gate · {version.get('version')} vs its parent ({evaluation.get('tasks', '?')} tasks)",
+             "| metric | new | parent |", "|---|---|---|"]
+    lines += [f"| {k} | {_fmt(new.get(k))} | {_fmt(parent.get(k))} |" for k in keys]
+    if "win_rate" in evaluation:
+        lines.append(f"\nWin rate of the new version: **{_fmt(evaluation['win_rate'])}**")
+    if version.get("promoted"):
+        lines.append("\n✅ promoted: new sessions use it now")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "–" if value is None else str(value)
+
+
+def status_markdown(status: dict | None) -> str:
+    if not status:
+        return "No training run yet."
+    done = ", ".join(status["stages_done"]) or "none"
+    text = f"**{status['run']}** · {status['state']} · stage: `{status['stage']}` · done: {done}"
+    if status["last_log"]:
+        row = status["last_log"][-1]
+        text += "\n\nlatest: " + " · ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "time")
+    return text
+
+
+def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
+    registry = ModelRegistry()
+    gr.Markdown("Train a new actor on the sessions stored here, evaluate it against the version it "
+                "started from, and promote it: new sessions use it at once; sessions in progress keep "
+                "their version.")
+    with gr.Row():
+        with gr.Column():
+            gr.Markdown("#### Data")
+            kind = gr.Dropdown([ANY, "backend", "frontend"], value=ANY, label="Task kind")
+            mode = gr.Dropdown([ANY, "human", "simulator", "free", "compare"], value=ANY, label="Sessions played by")
+            since = gr.Number(value=0, label="Only the last N days (0 = all)", minimum=0)
+            minimum = gr.Number(value=4, label="Minimum number of scored sessions", precision=0, minimum=1)
+        with gr.Column():
+            gr.Markdown("#### Algorithm")
+            algorithm = gr.Radio([("SWEET-RL", "sweet"), ("Multi-turn DPO", "mtdpo"), ("Rejection fine-tuning", "rft")],
+                                 value="sweet", label="Algorithm", elem_id="train-algorithm")
+            best_of_n = gr.Slider(2, 16, value=4, step=1, label="Best-of-N candidates per turn (SWEET)")
+            critic_epochs = gr.Slider(1, 8, value=2, step=1, label="Critic epochs (SWEET)")
+            eval_limit = gr.Slider(1, 50, value=4, step=1, label="Held-out evaluation tasks")
+            max_new_tokens = gr.Slider(32, 1024, value=128, step=32, label="Longest agent turn (tokens)")
+        with gr.Column():
+            gr.Markdown("#### Promotion")
+            auto_promote = gr.Checkbox(value=False, label="Promote automatically when better")
+            margin = gr.Number(value=0.0, label="…by at least this much mean reward")
+            continuous = gr.Number(value=0, precision=0, minimum=0,
+                                   label="Continuous mode: retrain after every N new scored sessions (0 = off)")
+    with gr.Row():
+        start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
+        cancel_btn = gr.Button("Cancel", elem_id="train-cancel")
+        resume_btn = gr.Button("Resume interrupted run")
+    status = gr.Markdown(elem_id="train-status")
+    evaluation = gr.Markdown(elem_id="train-evaluation")
+    with gr.Row():
+        promote_btn = gr.Button("Promote this version", variant="primary", elem_id="train-promote")
+        rollback_to = gr.Dropdown(label="Roll back to", choices=[], elem_id="rollback-to")
+        rollback_btn = gr.Button("Roll back", elem_id="train-rollback")
+    curves = gr.Gallery(label="Loss and accuracy curves", columns=3, height=260)
+    with gr.Accordion("Run log", open=False):
+        log = gr.Code(label="process output", lines=12, interactive=False)
+    versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False, label="Model versions")
+    timer = gr.Timer(2.0)
+
+    def refresh():
+        job = ctx.training.job
+        state = job.status() if job else None
+        rows = [[r["version"], "✓" if r["current"] else "", r["parent"] or "", r["algorithm"] or "", r["created"],
+                 _fmt(r["metrics"].get("new", {}).get("reward")), _fmt(r["metrics"].get("parent", {}).get("reward"))]
+                for r in version_rows(registry)]
+        choices = ["base"] + [r[0] for r in rows]
+        return (status_markdown(state), evaluation_markdown(state), [str(p) for p in job.curves()] if job else [],
+                job.process_log_tail() if job else "", rows, gr.update(choices=choices))
+
+    outputs = [status, evaluation, curves, log, versions, rollback_to]
+
+    def start(kind_v, mode_v, since_v, min_v, algo, n, epochs, limit, tokens, auto, margin_v, every):
+        request = TrainRequest(algorithm=algo, kind="" if kind_v == ANY else kind_v,
+                               mode="" if mode_v == ANY else mode_v, since_days=float(since_v or 0),
+                               min_sessions=int(min_v or 1), best_of_n=int(n), critic_epochs=int(epochs),
+                               eval_limit=int(limit), max_new_tokens=int(tokens),
+                               promote_margin=float(margin_v or 0) if auto else None)
+        ctx.training.set_continuous(int(every or 0))
+        try:
+            ctx.training.start(request)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+        gr.Info("Training started in a separate process.")
+        return refresh()
+
+    def cancel():
+        ctx.training.cancel()
+        return refresh()
+
+    def resume():
+        try:
+            ctx.training.resume()
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+        return refresh()
+
+    def promote():
+        job = ctx.training.job
+        version = (job.status().get("version") or {}).get("version") if job else None
+        if not version:
+            raise gr.Error("No finished run with a new version to promote.")
+        ctx.promote(version)
+        gr.Info(f"{version} now serves new sessions.")
+        return refresh()
+
+    def rollback(target):
+        if not target:
+            raise gr.Error("Choose a version (or 'base') to roll back to.")
+        try:
+            ctx.promote(None if target == "base" else target, reason="rollback")
+        except RegistryError as exc:
+            raise gr.Error(str(exc)) from exc
+        gr.Info(f"Serving {target} for new sessions.")
+        return refresh()
+
+    settings = [kind, mode, since, minimum, algorithm, best_of_n, critic_epochs, eval_limit, max_new_tokens,
+                auto_promote, margin, continuous]
+    start_btn.click(start, settings, outputs)
+    cancel_btn.click(cancel, None, outputs)
+    resume_btn.click(resume, None, outputs)
+    promote_btn.click(promote, None, outputs)
+    rollback_btn.click(rollback, rollback_to, outputs)
+    continuous.change(lambda every: ctx.training.set_continuous(int(every or 0)), continuous, None)
+    tab.select(refresh, None, outputs)
+    timer.tick(refresh, None, outputs)
