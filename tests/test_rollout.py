@@ -1,0 +1,73 @@
+"""Rollouts: batched simulated episodes, scored, written as sweet_rl JSONL, resumable."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulators.domain import ANSWER_MARKER
+from simulators.humans import SimulatedHuman
+from simulators.llm import load_model
+from simulators.llm.scripted import ScriptedModel
+from simulators.rollout import RolloutConfig, run_rollouts
+from simulators.tasks import load_episodes, load_sample_tasks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def backend_tasks():
+    return load_sample_tasks("backend")[:3]
+
+
+def test_episodes_end_on_the_answer_marker_and_are_scored(tmp_path, backend_tasks, tiny_model_dir):
+    task = backend_tasks[0]
+    agent = ScriptedModel(["Which edge cases matter?", f"{ANSWER_MARKER}\n```python\n{task.ground_truth}\n```"])
+    human = SimulatedHuman(load_model(str(tiny_model_dir)), max_new_tokens=8)
+    config = RolloutConfig(out=str(tmp_path / "r.jsonl"), max_rounds=10)
+    (episode,) = run_rollouts([task], agent, human, config, progress=False)
+    assert [t.role for t in episode.turns] == ["human", "agent", "human", "agent"]
+    assert episode.turns[1].input.startswith("<|im_start|>system")
+    assert episode.turns[2].model == human.model.name and len(episode.turns[2].content) <= 400
+    assert episode.reward == 1.0 and episode.scores["success"] is True
+    (stored,) = load_episodes(config.out).items
+    assert stored.turns == episode.turns and stored.meta == {"sample": 0, "seed": 0}
+
+
+def test_round_limit_and_resume_and_best_of_n(tmp_path, backend_tasks, tiny_model_dir):
+    agent = load_model(str(tiny_model_dir))  # random text: never answers, so every episode hits the limit
+    human = SimulatedHuman(agent, max_new_tokens=4)
+    config = RolloutConfig(out=str(tmp_path / "r.jsonl"), max_rounds=2, agent_max_new_tokens=6, best_of_n=2,
+                           batch_size=4, seed=3)
+    first = run_rollouts(backend_tasks[:2], agent, human, config, progress=False)
+    assert len(first) == 4 and all(e.rounds == 2 and e.answer is not None for e in first)
+    assert all(e.reward == 0.0 and e.scores["success"] is False for e in first)
+    again = run_rollouts(backend_tasks, agent, human, config, progress=False)  # one task more
+    assert sorted((e.task.id, e.meta["sample"]) for e in again) == sorted(
+        (backend_tasks[2].id, k) for k in range(2))
+    stored = load_episodes(config.out).items
+    assert len(stored) == 6 and len({(e.task.id, e.meta["sample"]) for e in stored}) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_default_model_rollout_then_evaluate_from_the_command_line(tmp_path):
+    """The issue's end-to-end check: the default model plays agent and simulator on 5 tasks (CPU)."""
+    out = tmp_path / "rollouts.jsonl"
+    rollout = subprocess.run(
+        [sys.executable, "-m", "simulators", "rollout", "--tasks", "samples", "--kind", "backend", "--limit", "5",
+         "--agent", "default", "--simulator", "default", "--out", str(out), "--max-rounds", "2",
+         "--agent-max-new-tokens", "64", "--simulator-max-new-tokens", "24", "--batch-size", "5"],
+        cwd=REPO, capture_output=True, text=True, timeout=1400)
+    assert rollout.returncode == 0, rollout.stderr[-3000:]
+    episodes = load_episodes(out).items
+    assert len(episodes) == 5 and all(e.agent_turns and e.answer is not None for e in episodes)
+    assert all(e.turns[1].model == "smollm2-135m-instruct" and e.turns[1].content.strip() for e in episodes)
+    evaluate = subprocess.run([sys.executable, "-m", "simulators", "evaluate", str(out)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    summary = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 5 and 0.0 <= summary["tests_passed"] <= 1.0 and "success_rate" in summary
+    assert all("tests_passed" in e.scores for e in load_episodes(out).items)
