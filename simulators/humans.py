@@ -111,11 +111,11 @@ class SimulatedHuman:
         return messages
 
     def _frontend_messages(self, episode: Episode) -> list[Message]:
-        from simulators.frontend_eval import describe_differences, extract_html
+        from simulators.frontend_eval import describe_differences, extract_html, reference_render
 
         task = episode.task
         agent_html = extract_html(episode.turns[-1].content)
-        reference = self.renderer.render(task.ground_truth)
+        reference = reference_render(task, renderer=self.renderer)  # cached across turns
         draft = self.renderer.render(agent_html) if agent_html else None
         if self.vision:
             parts = [{"type": "text", "text": load_prompt("human_frontend_vision").format(
