@@ -144,10 +144,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         return open_session(ctx.catalog.get(task_id), person, session)
 
     def start_free(description, task_kind, person, session):
-        description = (description or "").strip()
-        if not description:
-            raise gr.Error("Describe the task first.")
-        ctx.check_message(description)
+        description = ctx.person_message(description, empty="Describe the task first.")
         return open_session(free_form_task(description, task_kind), person, session)
 
     def open_session(task, person, session):
@@ -185,10 +182,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
     def person_sends(text, session):
         if session is None:
             raise gr.Error(NO_SESSION)
-        text = (text or "").strip()
-        if not text:
-            raise gr.Error("Type a message first.")
-        ctx.check_message(text)
+        text = ctx.person_message(text)
         try:
             session.human_says(text)
         except SessionError as exc:
@@ -269,10 +263,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         if session is None:
             raise gr.Error(NO_SESSION)
         index = data.index if isinstance(data.index, int) else data.index[0]
-        text = message_text(data.value).strip()
-        if not text:
-            raise gr.Error("An edited message cannot be empty.")
-        ctx.check_message(text)
+        text = ctx.person_message(message_text(data.value), empty="An edited message cannot be empty.")
         try:
             session.edit(index, text)
         except SessionError as exc:

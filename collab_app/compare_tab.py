@@ -221,10 +221,7 @@ def build_compare_tab(ctx: AppContext) -> None:
     def person_sends(text, comparison):
         if comparison is None:
             raise gr.Error(NO_COMPARISON)
-        text = (text or "").strip()
-        if not text:
-            raise gr.Error("Type a message first.")
-        ctx.check_message(text)
+        text = ctx.person_message(text)
         try:
             comparison.human_says(text)
         except SessionError as exc:

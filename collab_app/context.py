@@ -63,10 +63,15 @@ class AppContext:
             return self.actor
         return self._model_slots.setdefault(spec, ActorSlot(spec))
 
-    def check_message(self, text: str) -> None:
+    def person_message(self, text: str | None, empty: str = "Type a message first.") -> str:
+        """A person's message, stripped; refused with a notice when empty or over the size limit."""
+        text = (text or "").strip()
+        if not text:
+            raise gr.Error(empty)
         limit = self.config.max_message_chars
         if len(text) > limit:
             raise gr.Error(f"That message is {len(text):,} characters; the limit is {limit:,}.")
+        return text
 
     @property
     def renderer(self):
