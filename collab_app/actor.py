@@ -1,7 +1,7 @@
 """The app's agent model, shared by every browser tab, with hot swap.
 
 The spec ``current`` follows the model registry: it serves the registry's current version (or the
-default model while none is set), and when the pointer changes — a promotion or rollback from the
+base model while none is set), and when the pointer changes — a promotion or rollback from the
 Train tab or from ``python -m collab_app models`` in another process — the next session gets the
 new version without a restart. A session in progress keeps the model object it started with, so
 its turns keep their version. Any other spec is served as it is.
@@ -20,15 +20,16 @@ FOLLOW_REGISTRY = "current"
 
 
 class ActorSlot:
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, base: str = "default"):
         self.spec = spec
+        self.base = base  # served by ``current`` while the registry has no current version
         self._loaded_spec: str | None = None
         self._model: ChatModel | None = None
         self._error: tuple[str, ModelError] | None = None
         self._lock = threading.Lock()
 
     def resolved_spec(self) -> str:
-        """The model spec served right now (``registry:vNNNN`` or ``default`` for ``current``)."""
+        """The model spec served right now (``registry:vNNNN`` or the base for ``current``)."""
         if self.spec != FOLLOW_REGISTRY:
             return self.spec
         from simulators.registry import ModelRegistry, RegistryError
@@ -37,7 +38,7 @@ class ActorSlot:
             current = ModelRegistry().current()
         except (RegistryError, OSError, ValueError):
             current = None  # a broken pointer must not take the app down: serve the base model
-        return f"registry:{current.id}" if current else "default"
+        return f"registry:{current.id}" if current else self.base
 
     def get(self) -> ChatModel:
         target = self.resolved_spec()

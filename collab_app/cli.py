@@ -25,9 +25,12 @@ class AppConfig:
     """Settings of the app; every field is a ``--flag`` of ``python -m collab_app``."""
 
     model: str = field(default="current", metadata={
-        "help": "agent model: 'current' (the model registry's current version, else SmolLM2-135M-Instruct; "
+        "help": "agent model: 'current' (the model registry's current version, else --base; "
                 "follows promotions and rollbacks without a restart), 'default', 'registry:VERSION', "
                 "a local HF directory or hub id, or 'openai:BASE_URL#MODEL' for an endpoint such as vllm serve"})
+    base: str = field(default="default", metadata={
+        "help": "base model under --model current: served while the registry has no current version, "
+                "and what the Train tab's runs start from then"})
     simulator: str = field(default="default", metadata={
         "help": "model of the simulated human ('Suggest a reply', 'Let the simulator play', the Train "
                 "tab's evaluation); same spec forms as --model"})

@@ -11,9 +11,8 @@ import gradio as gr
 
 from collab_app.catalog import free_form_task
 from collab_app.context import AppContext
-from collab_app.messages import message_text
+from collab_app.messages import agent_markdown, message_text
 from collab_app.session import LiveSession, SessionError
-from simulators.domain import ANSWER_MARKER
 from simulators.llm.base import ModelError
 from simulators.tasks import TaskFileError
 
@@ -30,20 +29,12 @@ def chat_messages(session: LiveSession | None) -> list[dict]:
         role = "assistant" if turn.role == "agent" else "user"
         content: object = turn.content
         if turn.role == "agent":
-            content = _agent_markdown(turn.content, session.task.kind)
+            content = agent_markdown(turn.content, session.task.kind)
             path = session.store.render_path(hashes[index]) if hashes.get(index) else None
             if path is not None:
                 content = [content, {"path": str(path), "alt_text": "the agent's page, rendered"}]
         messages.append({"role": role, "content": content})
     return messages
-
-
-def _agent_markdown(text: str, kind: str) -> str:
-    """Backend code shows highlighted; an unfenced final answer gets a python fence."""
-    if kind == "backend" and ANSWER_MARKER in text and "```" not in text:
-        head, answer = text.split(ANSWER_MARKER, 1)
-        return f"{head}{ANSWER_MARKER}\n```python\n{answer.strip()}\n```"
-    return text
 
 
 def score_markdown(session: LiveSession | None) -> str:
@@ -124,8 +115,8 @@ def build_collaborate_tab(ctx: AppContext) -> None:
                 problem = gr.Markdown(NO_SESSION)
                 reference_code = gr.Code(language="python", label="Hidden reference function", visible=False,
                                          lines=12, max_lines=40, interactive=False)
-                reference_image = gr.Image(label="The page you want", visible=False, type="pil")
-            draft_image = gr.Image(label="The agent's latest page", visible=False, type="filepath")
+                reference_image = gr.Image(label="The page you want", visible=False, type="pil", elem_id="reference-page")
+            draft_image = gr.Image(label="The agent's latest page", visible=False, type="filepath", elem_id="draft-page")
 
     # -- handlers -------------------------------------------------------------------------------
     def views(session: LiveSession | None):

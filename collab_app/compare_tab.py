@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from collab_app.collaborate_tab import _agent_markdown
 from collab_app.comparison import POSITIONS, Comparison, Side
 from collab_app.context import AppContext
+from collab_app.messages import agent_markdown
 from collab_app.session import SessionError
 from simulators.domain import MAX_ROUNDS
 from simulators.llm.base import ModelError
@@ -31,7 +31,7 @@ def side_messages(comparison: Comparison | None, position: str, streaming: str |
         if turn.role == "human":
             messages.append({"role": "user", "content": turn.content})
         else:
-            messages.append({"role": "assistant", "content": _agent_markdown(turn.content, comparison.task.kind)
+            messages.append({"role": "assistant", "content": agent_markdown(turn.content, comparison.task.kind)
                              or "*(empty reply)*"})
     if streaming is not None:
         messages.append({"role": "assistant", "content": streaming})

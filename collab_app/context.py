@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from collab_app.actor import ActorSlot
+from collab_app.actor import FOLLOW_REGISTRY, ActorSlot
 from collab_app.catalog import TaskCatalog
 from collab_app.cli import AppConfig
 from collab_app.session import LiveSession
@@ -32,14 +32,20 @@ class AppContext:
     _model_slots: dict = field(default_factory=dict, init=False)  # spec -> ActorSlot (Compare tab)
 
     def __post_init__(self) -> None:
-        self.actor = ActorSlot(self.config.model)
+        self.actor = ActorSlot(self.config.model, base=self.config.base)
         same = self.config.simulator in ("", self.config.model)
         self.simulator_slot = self.actor if same else ActorSlot(self.config.simulator)
         self.store = SessionStore(self.config.db or None)
         self.catalog = TaskCatalog(self.config.tasks)
-        self.training = TrainingManager(self.store, eval_tasks=",".join(self.config.tasks))
+        self.training = TrainingManager(self.store, eval_tasks=",".join(self.config.tasks), base=self.config.base,
+                                        simulator=self._simulator_spec_for_training())
         # Load the agent in the background: the UI is up at once and the first session rarely waits.
         threading.Thread(target=self._preload, daemon=True, name="preload-agent").start()
+
+    def _simulator_spec_for_training(self) -> str:
+        """The simulator the Train tab's evaluation gate uses: the app's own, as a loadable spec."""
+        spec = self.config.simulator or self.config.model
+        return self.config.base if spec == FOLLOW_REGISTRY else spec
 
     def _preload(self) -> None:
         try:

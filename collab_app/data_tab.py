@@ -8,9 +8,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from collab_app.collaborate_tab import _agent_markdown
 from collab_app.context import AppContext
 from collab_app.export import export
+from collab_app.messages import agent_markdown
 
 COLUMNS = ["session", "started", "kind", "mode", "human", "model", "status", "reward", "rating", "turns"]
 ANY = "any"
@@ -34,7 +34,7 @@ def replay(ctx: AppContext, session_id: str) -> tuple[list[dict], str]:
         if turn.role == "human":
             messages.append({"role": "user", "content": turn.content})
             continue
-        content: object = _agent_markdown(turn.content, episode.task.kind)
+        content: object = agent_markdown(turn.content, episode.task.kind)
         path = ctx.store.render_path(hashes[index]) if index in hashes else None
         if path is not None:
             content = [content, {"path": str(path)}]

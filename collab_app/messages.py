@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from simulators.domain import ANSWER_MARKER
+
+# Where an agent's page starts and ends in its message (an unclosed page runs to the end).
+_PAGE_START = re.compile(r"<!doctype html|<html[\s>]|<body[\s>]", re.IGNORECASE)
+_PAGE_END = re.compile(r"</html>|</body>", re.IGNORECASE)
 
 
 def message_text(content: Any) -> str:
@@ -30,3 +37,23 @@ def to_model_messages(history: list[dict[str, Any]], system_prompt: str | None =
         if role in ("user", "assistant"):
             messages.append({"role": role, "content": message_text(message.get("content"))})
     return messages
+
+
+def agent_markdown(text: str, kind: str) -> str:
+    """An agent message as the chat shows it.
+
+    Backend: an unfenced final answer gets a python fence, so code shows highlighted. Frontend: the
+    page's HTML goes in an html fence, so the chat shows its source (the rendered page is shown as
+    an image beside it) instead of letting the model's markup into the app's own page.
+    """
+    if "```" in text:
+        return text
+    if kind == "backend" and ANSWER_MARKER in text:
+        head, answer = text.split(ANSWER_MARKER, 1)
+        return f"{head}{ANSWER_MARKER}\n```python\n{answer.strip()}\n```"
+    start = _PAGE_START.search(text) if kind == "frontend" else None
+    if start is None:
+        return text
+    ends = list(_PAGE_END.finditer(text, start.start()))
+    end = ends[-1].end() if ends else len(text)
+    return f"{text[:start.start()]}\n```html\n{text[start.start():end]}\n```\n{text[end:]}"

@@ -80,7 +80,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
     evaluation = gr.Markdown(elem_id="train-evaluation")
     with gr.Row():
         promote_btn = gr.Button("Promote this version", variant="primary", elem_id="train-promote")
-        rollback_to = gr.Dropdown(label="Roll back to", choices=[], elem_id="rollback-to")
+        rollback_to = gr.Dropdown(label="Roll back to", choices=["base"], allow_custom_value=True, elem_id="rollback-to")
         rollback_btn = gr.Button("Roll back", elem_id="train-rollback")
     curves = gr.Gallery(label="Loss and accuracy curves", columns=3, height=260)
     with gr.Accordion("Run log", open=False):
@@ -146,11 +146,13 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
 
     settings = [kind, mode, since, minimum, algorithm, best_of_n, critic_epochs, eval_limit, max_new_tokens,
                 auto_promote, margin, continuous]
-    start_btn.click(start, settings, outputs)
-    cancel_btn.click(cancel, None, outputs)
-    resume_btn.click(resume, None, outputs)
-    promote_btn.click(promote, None, outputs)
-    rollback_btn.click(rollback, rollback_to, outputs)
-    continuous.change(lambda every: ctx.training.set_continuous(int(every or 0)), continuous, None)
-    tab.select(refresh, None, outputs)
-    timer.tick(refresh, None, outputs)
+    # Named API endpoints: scripts (and the tests) drive training from gradio_client as the tab does.
+    start_btn.click(start, settings, outputs, api_name="train_start")
+    cancel_btn.click(cancel, None, outputs, api_name="train_cancel")
+    resume_btn.click(resume, None, outputs, api_name="train_resume")
+    promote_btn.click(promote, None, outputs, api_name="train_promote")
+    rollback_btn.click(rollback, rollback_to, outputs, api_name="train_rollback")
+    continuous.change(lambda every: ctx.training.set_continuous(int(every or 0)), continuous, None,
+                      api_visibility="private")
+    tab.select(refresh, None, outputs, api_name="train_status")
+    timer.tick(refresh, None, outputs, api_visibility="private")

@@ -61,7 +61,13 @@ class TrainingJob:
 
     # -- start --------------------------------------------------------------------------------
     @classmethod
-    def start(cls, store: SessionStore, request: TrainRequest, *, eval_tasks: str = "") -> TrainingJob:
+    def start(cls, store: SessionStore, request: TrainRequest, *, eval_tasks: str = "", base: str = "default",
+              simulator: str = "default") -> TrainingJob:
+        """Snapshot the matching sessions and start ``python -m training loop`` on them.
+
+        The run starts from the registry's current version (else ``base``) and is evaluated
+        against it with ``simulator``, the app's simulated human.
+        """
         if request.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {request.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         since = time.time() - request.since_days * 86400 if request.since_days else None
@@ -79,7 +85,8 @@ class TrainingJob:
                    "--algorithm", request.algorithm, "--best-of-n", str(request.best_of_n),
                    "--critic-epochs", str(request.critic_epochs), "--eval-limit", str(request.eval_limit),
                    "--eval-max-rounds", str(request.eval_max_rounds), "--max-new-tokens", str(request.max_new_tokens),
-                   "--eval-max-new-tokens", str(request.max_new_tokens), "--no-progress", *request.extra_args]
+                   "--eval-max-new-tokens", str(request.max_new_tokens), "--base", base, "--simulator", simulator,
+                   "--no-progress", *request.extra_args]
         if request.kind:
             command += ["--kind", request.kind]
         if eval_tasks:
@@ -96,6 +103,7 @@ class TrainingJob:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
                                    cwd=Path(__file__).resolve().parents[1])
         log.close()
+        (out / "pid").write_text(str(process.pid))  # the process group to signal, also after an app restart
         job = cls(out, process)
         threading.Thread(target=job._reap, daemon=True).start()
         return job
@@ -170,9 +178,10 @@ class TrainingManager:
     """The app's one training slot: at most one run at a time, plus the opt-in continuous mode
     (retrain after every N new scored sessions, with the last request's settings)."""
 
-    def __init__(self, store: SessionStore, eval_tasks: str = ""):
+    def __init__(self, store: SessionStore, eval_tasks: str = "", base: str = "default", simulator: str = "default"):
         self.store = store
         self.eval_tasks = eval_tasks
+        self.base, self.simulator = base, simulator
         self.job: TrainingJob | None = next(iter(recent_runs(1)), None)
         self.continuous_every = 0  # 0 = off
         self.last_request = TrainRequest()
@@ -187,7 +196,8 @@ class TrainingManager:
         with self._lock:
             if self.job is not None and self.job.running:
                 raise ValueError("a training run is already going; cancel it or wait for it")
-            self.job = TrainingJob.start(self.store, request, eval_tasks=self.eval_tasks)
+            self.job = TrainingJob.start(self.store, request, eval_tasks=self.eval_tasks, base=self.base,
+                                         simulator=self.simulator)
             self.last_request = request
             self._scored_at_last_start = self.scored_sessions()
             return self.job

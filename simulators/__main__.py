@@ -14,19 +14,7 @@ from collections.abc import Sequence
 from simulators.config import add_dataclass_arguments, config_from_args
 from simulators.llm.base import ModelError
 from simulators.rollout import RolloutConfig
-from simulators.tasks import TaskFileError, load_episodes, load_sample_tasks, load_tasks, write_episodes
-
-
-def _read_tasks(path: str, kind: str = ""):
-    """Tasks from a file (or 'samples'); malformed lines are reported on stderr and skipped."""
-    if path == "samples":
-        tasks = load_sample_tasks()
-    else:
-        report = load_tasks(path)
-        for error in report.errors:
-            print(f"skipped {error}", file=sys.stderr)
-        tasks = report.items
-    return [t for t in tasks if not kind or t.kind == kind]
+from simulators.tasks import TaskFileError, load_episodes, load_tasks, read_task_file, write_episodes
 
 
 def cmd_check_tasks(args: argparse.Namespace) -> int:
@@ -89,9 +77,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if not config.tasks:
         print("rollout: --tasks FILE is required ('samples' for our sample tasks)", file=sys.stderr)
         return 2
-    tasks = _read_tasks(config.tasks, config.kind)
-    if config.limit:
-        tasks = tasks[: config.limit]
+    tasks = read_task_file(config.tasks, config.kind, config.limit)
     agent = load_model(config.agent)
     simulator = agent if config.simulator == config.agent else load_model(config.simulator)
     human = SimulatedHuman(simulator, max_new_tokens=config.simulator_max_new_tokens,

@@ -117,6 +117,9 @@ class SimulatedHuman:
         agent_html = extract_html(episode.turns[-1].content)
         reference = reference_render(task, renderer=self.renderer)  # cached across turns
         draft = self.renderer.render(agent_html) if agent_html else None
+        # Kept with the episode (by agent turn index): which of the agent's pages the human saw.
+        episode.meta.setdefault("renders", {})[str(len(episode.turns) - 1)] = (
+            "no html" if draft is None else "ok" if draft.ok else f"failed: {draft.error}")
         if self.vision:
             parts = [{"type": "text", "text": load_prompt("human_frontend_vision").format(
                 problem_description=task.problem_description)}]

@@ -195,6 +195,16 @@ class SessionStore:
                        " WHERE id = ?", (status, answer, reward, json.dumps(scores, default=str),
                                          time.time(), session_id))
 
+    def add_episode(self, episode: Episode, *, mode: str) -> str:
+        """Store a finished episode as one session (rollouts or scripted dialogues, e.g. for training)."""
+        session_id = self.create_session(episode.task, mode=mode, human=episode.human,
+                                         model_version=episode.agent_model)
+        for turn in episode.turns:
+            self.add_turn(session_id, turn)
+        self.finish_session(session_id, answer=episode.answer, reward=episode.reward, scores=episode.scores,
+                            status="scored" if episode.reward is not None else "abandoned")
+        return session_id
+
     def rate_session(self, session_id: str, rating: int, comment: str = "") -> None:
         if not 1 <= int(rating) <= 5:
             raise ValueError("rating must be between 1 and 5")

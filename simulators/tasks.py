@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,25 @@ def load_sample_tasks(kind: TaskKind | None = None) -> list[Task]:
     for path in sample_task_files():
         tasks.extend(t for t in load_tasks(path).items if kind is None or t.kind == kind)
     return tasks
+
+
+def read_task_file(paths: str, kind: str = "", limit: int = 0) -> list[Task]:
+    """The tasks a command was pointed at: task files (comma-separated), ``samples`` for our own.
+
+    Malformed lines are reported on stderr (file and line) and skipped; ``kind`` keeps one kind,
+    ``limit`` the first N tasks (0 = all).
+    """
+    tasks: list[Task] = []
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        if path == "samples":
+            tasks += load_sample_tasks()
+            continue
+        report = load_tasks(path)
+        for error in report.errors:
+            print(f"skipped {error}", file=sys.stderr)
+        tasks += report.items
+    tasks = [t for t in tasks if not kind or t.kind == kind]
+    return tasks[:limit] if limit else tasks
 
 
 def write_tasks(tasks: Iterable[Task], path: str | os.PathLike) -> None:

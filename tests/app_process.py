@@ -75,3 +75,20 @@ def browser_page(width: int = 1400, height: int = 1000):
             yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
+
+
+def start_task(page, url: str, text: str) -> None:
+    page.goto(url, wait_until="load")
+    page.wait_for_selector("#start", timeout=60_000)
+    page.locator("#task-pick input").click()
+    page.locator("#task-pick input").fill(text)
+    page.get_by_role("option").filter(has_text=text).first.click()
+    page.locator("#start").click()
+
+
+def agent_messages(page) -> list[str]:
+    return page.locator("#collab-chat .message.bot").all_inner_texts()
+
+
+def wait_for_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
+    page.locator(selector).filter(has_text=text).first.wait_for(timeout=timeout)

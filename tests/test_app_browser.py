@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from app_process import REPO, browser_page, running_app
+from app_process import REPO, agent_messages, browser_page, running_app, start_task, wait_for_text
 
 from simulators.domain import ANSWER_MARKER
 from simulators.store import SessionStore
-from simulators.tasks import load_episodes
+from simulators.tasks import load_episodes, load_sample_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -32,23 +32,6 @@ def home(tmp_path):
     (tmp_path / "tasks.jsonl").write_text(json.dumps(TASK) + "\n")
     (tmp_path / "script.json").write_text(json.dumps([QUESTION, ANSWER]))
     return tmp_path
-
-
-def start_task(page, url: str, text: str) -> None:
-    page.goto(url, wait_until="load")
-    page.wait_for_selector("#start", timeout=60_000)
-    page.locator("#task-pick input").click()
-    page.locator("#task-pick input").fill(text)
-    page.get_by_role("option").filter(has_text=text).first.click()
-    page.locator("#start").click()
-
-
-def agent_messages(page) -> list[str]:
-    return page.locator("#collab-chat .message.bot").all_inner_texts()
-
-
-def wait_for_text(page, selector: str, text: str, timeout: float = 60_000) -> None:
-    page.locator(selector).filter(has_text=text).first.wait_for(timeout=timeout)
 
 
 def test_backend_session_to_a_scored_answer_then_export(home):
@@ -113,3 +96,31 @@ def test_a_killed_app_loses_no_shown_turn(home, tiny_model_dir):
     assert len(stored_agent) >= 2
     for text in shown:  # what the browser showed is what the database holds (markdown aside)
         assert any(text.strip()[:10] in s for s in stored_agent)
+
+
+def test_frontend_session_shows_rendered_pages_and_a_design_score(tmp_path):
+    """A design session: the reference page beside the chat, each agent page rendered in the chat,
+    the final page scored (design metrics; CLIP says it is unavailable without weights)."""
+    task = next(t for t in load_sample_tasks("frontend") if t.id == "sample-frontend-01")
+    draft = ('Here is a first draft.\n<html><body class="bg-yellow-50"><h1 class="text-3xl p-8">Bakery</h1>'
+             '</body></html>\nWhat should change?')
+    (tmp_path / "script.json").write_text(json.dumps([draft, f"{ANSWER_MARKER}\n{task.ground_truth}"]))
+    db = tmp_path / "collab.sqlite"
+    with running_app(tmp_path, "--model", f"scripted:{tmp_path / 'script.json'}", "--db", str(db)) as app, \
+            browser_page() as page:
+        start_task(page, app.url, "Neighbourhood Bakery")
+        page.locator("#collab-chat .message.bot img").first.wait_for(timeout=60_000)  # the draft, rendered
+        page.locator("#reference-page img").wait_for(timeout=30_000)  # the reference beside the chat
+        page.locator("#draft-page img").wait_for(timeout=30_000)  # and the agent's latest page
+        page.locator("#collab-input textarea").fill("Add the header with the logo and the navigation.")
+        page.locator("#collab-send").click()
+        wait_for_text(page, "#collab-score", "design:", timeout=90_000)
+        score = page.locator("#collab-score").inner_text()
+        assert "CLIP: not available" in score and "design: 1.000" in score  # the reference itself: a perfect match
+        shown = page.evaluate("[...document.querySelectorAll('#collab-chat .message.bot img')].map(i => i.src)")
+        assert len(set(shown)) == 2  # both of the agent's pages, rendered in the chat
+    (session,) = SessionStore(db).list_sessions()
+    assert (session.status, session.reward, session.task_kind) == ("scored", 1.0, "frontend")
+    agent_turns = [t for t in SessionStore(db).turns(session.id) if t["role"] == "agent"]
+    for turn in agent_turns:  # every page shown is kept as a file, referenced by hash
+        assert SessionStore(db).render_path(turn["render_hash"]).is_file()

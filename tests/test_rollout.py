@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from simulators.domain import ANSWER_MARKER
+from simulators.frontend_eval import extract_html
 from simulators.humans import SimulatedHuman
 from simulators.llm import load_model
 from simulators.llm.scripted import ScriptedModel
@@ -71,3 +72,34 @@ def test_default_model_rollout_then_evaluate_from_the_command_line(tmp_path):
     summary = json.loads(evaluate.stdout.strip().splitlines()[-1])
     assert summary["n"] == 5 and 0.0 <= summary["tests_passed"] <= 1.0 and "success_rate" in summary
     assert all("tests_passed" in e.scores for e in load_episodes(out).items)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_default_model_frontend_rollout_renders_every_page_and_scores(tmp_path):
+    """Frontend end to end on CPU: 3 sample tasks, the default model as designer and simulator; the
+    simulator sees every non-final page rendered (text route), the final one is scored."""
+    out = tmp_path / "frontend.jsonl"
+    rollout = subprocess.run(
+        [sys.executable, "-m", "simulators", "rollout", "--tasks", "samples", "--kind", "frontend", "--limit", "3",
+         "--agent", "default", "--simulator", "default", "--out", str(out), "--max-rounds", "2",
+         "--agent-max-new-tokens", "160", "--simulator-max-new-tokens", "32", "--batch-size", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=1400)
+    assert rollout.returncode == 0, rollout.stderr[-3000:]
+    episodes = load_episodes(out).items
+    assert len(episodes) == 3 and all(e.task.kind == "frontend" for e in episodes)
+    for episode in episodes:
+        shown = [i for i, t in enumerate(episode.turns[:-1]) if t.role == "agent"]  # answered by the simulator
+        assert sorted(episode.meta["renders"], key=int) == [str(i) for i in shown]
+        for index in shown:  # a page in the message rendered; a message without one is said so
+            has_html = extract_html(episode.turns[index].content) is not None
+            assert episode.meta["renders"][str(index)] == ("ok" if has_html else "no html")
+        assert 0.0 <= episode.scores["design"] <= 1.0 and episode.reward == episode.scores["design"]
+        assert "clip" not in episode.scores and episode.scores["clip_unavailable"]  # no weights offline
+        if extract_html(episode.answer or "") is not None:
+            assert "render_error" not in episode.scores
+    evaluate = subprocess.run([sys.executable, "-m", "simulators", "evaluate", str(out)], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    summary = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 3 and 0.0 <= summary["design"] <= 1.0 and "clip" not in summary

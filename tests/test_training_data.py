@@ -1,0 +1,101 @@
+"""Training data: episodes from JSONL and the session database, pairing rules, reward keys, turn
+records, snapshots, and locating agent turns when prompts were not recorded."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulators.domain import Episode, Task, Turn
+from simulators.store import SessionStore
+from simulators.tasks import write_episodes
+from training.data import (
+    agent_turn_prompts,
+    best_trajectories,
+    data_snapshot,
+    dialogue_tokens,
+    read_episodes,
+    trajectory_pairs,
+    turn_records,
+)
+from training.synthetic import scripted_episode
+
+BACKEND = Task(id="b1", kind="backend", problem_description="Add two numbers.",
+               ground_truth="def add(a, b):\n    return a + b", test_cases={"test1": "add(1, 2)"})
+FRONTEND = Task(id="f1", kind="frontend", problem_description="A landing page.",
+                ground_truth="<html><body><h1>Hi</h1></body></html>")
+
+
+def episode(task: Task, reward: float | None, sample: int, **scores) -> Episode:
+    turns = [Turn("human", task.problem_description),
+             Turn("agent", f"answer {sample}", input=f"<prompt {sample}>", output=f"answer {sample}")]
+    return Episode(task=task, turns=turns, reward=reward, scores=scores, meta={"sample": sample})
+
+
+def test_backend_pairs_put_the_best_success_over_every_lower_reward():
+    episodes = [episode(BACKEND, 1.0, 0, success=True), episode(BACKEND, 0.4, 1, success=False),
+                episode(BACKEND, 1.0, 2, success=True), episode(BACKEND, 0.0, 3, success=False)]
+    assert trajectory_pairs(episodes) == [(0, 1), (0, 3)]  # the tied success is not "worse"
+    failed = [episode(BACKEND, 0.8, 0, success=False), episode(BACKEND, 0.2, 1, success=False)]
+    assert trajectory_pairs(failed) == []  # no successful trajectory: nothing to prefer (evaluate_code.py)
+    assert trajectory_pairs(failed, pairing="threshold") == [(0, 1)]
+
+
+def test_frontend_pairs_need_a_reward_gap_of_at_least_the_threshold():
+    episodes = [episode(FRONTEND, 0.9, 0), episode(FRONTEND, 0.85, 1), episode(FRONTEND, 0.5, 2)]
+    assert trajectory_pairs(episodes) == [(0, 2), (1, 2)]
+    assert trajectory_pairs(episodes, min_reward_gap=0.02) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_the_reward_key_picks_the_score_that_orders_trajectories():
+    episodes = [episode(FRONTEND, 0.9, 0, design=0.2, rating=2), episode(FRONTEND, 0.1, 1, design=0.8, rating=5),
+                episode(FRONTEND, 0.5, 2)]  # unrated, no design score: left out under those keys
+    assert trajectory_pairs(episodes, reward_key="reward") == [(0, 1), (0, 2), (2, 1)]
+    assert trajectory_pairs(episodes, reward_key="design") == [(1, 0)]
+    assert trajectory_pairs(episodes, reward_key="rating") == [(1, 0)]
+    with pytest.raises(ValueError, match="unknown reward key"):
+        trajectory_pairs(episodes, reward_key="vibes")
+
+
+def test_rft_keeps_each_tasks_best_trajectory_when_it_reaches_the_bar():
+    episodes = [episode(BACKEND, 0.4, 0), episode(BACKEND, 1.0, 1), episode(FRONTEND, 0.7, 0)]
+    assert best_trajectories(episodes) == [1]
+    assert best_trajectories(episodes, min_reward=0.5) == [1, 2]
+
+
+def test_episodes_come_from_jsonl_and_the_session_database_together(tmp_path):
+    jsonl = tmp_path / "rollouts.jsonl"
+    write_episodes([episode(BACKEND, 1.0, 0, success=True), episode(FRONTEND, 0.3, 1)], jsonl)
+    store = SessionStore(tmp_path / "collab.sqlite")
+    session = store.create_session(BACKEND, mode="human", human="person:ana", model_version="base")
+    store.add_turn(session, Turn("human", BACKEND.problem_description))
+    store.add_turn(session, Turn("agent", "def add(a, b): return a + b", input="<p>", output="def add(a, b): return a + b"))
+    store.finish_session(session, answer="def add(a, b): return a + b", reward=1.0, scores={"success": True})
+
+    both = read_episodes(f"{jsonl},{tmp_path / 'collab.sqlite'}")
+    assert [e.task.id for e in both] == ["b1", "f1", "b1"] and both[2].meta["session_id"] == session
+    assert [e.task.kind for e in read_episodes(str(jsonl), kind="frontend")] == ["frontend"]
+    snapshot = data_snapshot(str(jsonl), both)
+    assert snapshot["count"] == 3 and snapshot["hash"] == data_snapshot(str(jsonl), both)["hash"]
+    assert snapshot["hash"] != data_snapshot(str(jsonl), both[:2])["hash"]
+
+
+def test_turn_records_take_a_fraction_of_the_trajectories_with_their_exact_prompts():
+    episodes = [episode(BACKEND, 1.0, k) for k in range(20)]
+    records = turn_records(episodes, fraction=0.1, seed=0)
+    assert len(records) == 2 and len({r.episode for r in records}) == 2
+    assert all(r.prompt == f"<prompt {r.output.split()[-1]}>" and r.privileged == BACKEND.ground_truth for r in records)
+    assert turn_records(episodes, fraction=0.1, seed=0) == records  # seeded
+
+
+def test_without_recorded_prompts_the_dialogue_is_rendered_again_identically(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recorded = scripted_episode(BACKEND, ["Ints or floats?", "I WANT TO ANSWER: def add(a, b): return a + b"],
+                                ["Ints."], tokenizer)
+    stripped = Episode(task=BACKEND, turns=[Turn(t.role, t.content) for t in recorded.turns])
+    assert agent_turn_prompts(stripped, tokenizer) == [t.input for t in recorded.agent_turns]
+    long = dialogue_tokens(recorded, tokenizer, max_length=100_000)
+    cut = dialogue_tokens(recorded, tokenizer, max_length=120, max_privileged_tokens=8)
+    assert len(cut.input_ids) == 120 and cut.input_ids[:8] == long.input_ids[:8]  # c's head kept, old dialogue dropped
+    assert cut.input_ids[8:] == long.input_ids[-112:] and cut.token_turn[8:] == long.token_turn[-112:]

@@ -1,0 +1,12 @@
+"""SWEET-RL training (Zhou et al. 2025, arXiv 2503.15478) for collab-rl agents.
+
+* ``training.sweet``     the paper's equations: advantage (Eq. 3), Bradley–Terry (Eq. 2), actor DPO + NLL (Eq. 4)
+* ``training.data``      episodes from the session database / sweet_rl JSONL, pairs, turn records, token layout
+* ``training.critic``    the step-level critic with training-time information (§4.2)
+* ``training.actor``     best-of-N sampling, critic ranking, turn-level DPO of the actor (§4.3)
+* ``training.baselines`` rejection fine-tuning and multi-turn DPO
+* ``training.evaluate``  rollouts + metrics + win rate; best-of-N by a critic
+* ``training.loop``      one full iteration ending in a new version in ``simulators.registry``
+
+Run ``python -m training --help``; docs/TRAINING.md explains each command.
+"""

@@ -1,0 +1,294 @@
+"""Training data: episodes from the session database or sweet_rl JSONL, trajectory pairs, turn
+records, human preference pairs, and the token layout the critic reads.
+
+Pairing (which trajectory of a task is preferred) follows the reference scripts:
+
+* ``success`` (backend, as sweet_rl's ``evaluate_code.py``): the best trajectory of a task, when it
+  succeeded, is chosen over every trajectory of that task with a lower reward;
+* ``threshold`` (frontend): every two trajectories of a task whose rewards differ by at least
+  ``min_reward_gap`` (0.1 by default) make a pair;
+* ``auto``: ``success`` for backend tasks, ``threshold`` for frontend tasks.
+
+The reward used for ordering is configurable (``reward_key``): the episode's ``reward`` or any of
+its ``scores`` (``success``, ``tests_passed``, ``clip``, ``design``, ``rating``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulators.domain import Episode
+from simulators.humans import agent_messages
+from simulators.preferences import PreferencePair, preference_pairs
+from simulators.store import SessionStore
+from simulators.tasks import TaskFileError, load_episodes
+
+REWARD_KEYS = ("reward", "success", "tests_passed", "clip", "design", "rating")
+PAIRING_RULES = ("auto", "success", "threshold")
+# How the reference scripts show c to the critic: a sentence before the interaction.
+PRIVILEGED_TEMPLATE = "In light that the final answer is: {c}.\n"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass
+class DataOptions:
+    """Where the trajectories come from and how they are paired (shared by every command)."""
+
+    data: str = field(default="", metadata={
+        "help": "sessions database (SQLite, as written by the app) or sweet_rl trajectory JSONL; "
+                "several, separated by commas"})
+    kind: str = field(default="", metadata={"help": "only tasks of this kind: backend or frontend (empty = both)"})
+    reward_key: str = field(default="reward", metadata={
+        "help": "what orders trajectories: " + " | ".join(REWARD_KEYS)})
+    pairing: str = field(default="auto", metadata={
+        "help": "auto | success (best successful trajectory over lower-reward ones) | threshold "
+                "(reward gap >= min_reward_gap); auto = success for backend, threshold for frontend"})
+    min_reward_gap: float = field(default=0.1, metadata={"help": "threshold pairing: least reward difference"})
+
+
+# -- episodes --------------------------------------------------------------------------------------
+
+
+def is_session_db(path: str | Path) -> bool:
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
+def read_episodes(sources: str, kind: str = "") -> list[Episode]:
+    """Episodes from a comma-separated list of session databases and/or trajectory JSONL files."""
+    if not sources.strip():
+        raise TaskFileError("no training data given: pass --data DB_OR_JSONL")
+    episodes: list[Episode] = []
+    for source in [s.strip() for s in sources.split(",") if s.strip()]:
+        if is_session_db(source):
+            episodes.extend(SessionStore(source).episodes(limit=10**9))
+        else:
+            report = load_episodes(source)
+            if not report.items and report.errors:
+                raise TaskFileError(f"{source}: no valid trajectory; first problem: {report.errors[0]}")
+            episodes.extend(report.items)
+    return [e for e in episodes if not kind or e.task.kind == kind]
+
+
+def human_preference_pairs(sources: str) -> list[PreferencePair]:
+    """Turn-level pairs from what people did in the app (edits, regenerations, votes), every database."""
+    pairs: list[PreferencePair] = []
+    for source in [s.strip() for s in sources.split(",") if s.strip()]:
+        if is_session_db(source):
+            pairs.extend(preference_pairs(SessionStore(source)))
+    return pairs
+
+
+def data_snapshot(sources: str, episodes: Sequence[Episode]) -> dict:
+    """What a model was trained on: the paths, a hash of the episodes' content, and their count."""
+    digest = hashlib.sha256()
+    for episode in episodes:
+        digest.update(episode.to_json().encode())
+        digest.update(b"\n")
+    return {"path": sources, "hash": digest.hexdigest(), "count": len(episodes)}
+
+
+# -- rewards and pairs -----------------------------------------------------------------------------
+
+
+def outcome(episode: Episode, reward_key: str) -> float | None:
+    """The number that orders trajectories, or None when the episode has no such score."""
+    if reward_key not in REWARD_KEYS:
+        raise ValueError(f"unknown reward key {reward_key!r}: use one of {', '.join(REWARD_KEYS)}")
+    value = episode.reward if reward_key == "reward" else episode.scores.get(reward_key)
+    if value is None or isinstance(value, str):
+        return None
+    return float(value)
+
+
+def succeeded(episode: Episode, value: float) -> bool:
+    """Success as evaluate_code.py defines it: all tests passed (reward 1), or the ``success`` score."""
+    if "success" in episode.scores and episode.scores["success"] is not None:
+        return bool(episode.scores["success"])
+    return value >= 1.0
+
+
+def pairing_rule(pairing: str, kind: str) -> str:
+    if pairing not in PAIRING_RULES:
+        raise ValueError(f"unknown pairing {pairing!r}: use one of {', '.join(PAIRING_RULES)}")
+    if pairing == "auto":
+        return "success" if kind == "backend" else "threshold"
+    return pairing
+
+
+def episodes_by_task(episodes: Sequence[Episode], reward_key: str) -> dict[str, list[tuple[int, float]]]:
+    """(episode index, outcome) of every scored episode with agent turns, grouped by task id."""
+    groups: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for i, episode in enumerate(episodes):
+        value = outcome(episode, reward_key)
+        if value is not None and episode.agent_turns:
+            groups[episode.task.id].append((i, value))
+    return groups
+
+
+def trajectory_pairs(
+    episodes: Sequence[Episode], reward_key: str = "reward", pairing: str = "auto", min_reward_gap: float = 0.1,
+) -> list[tuple[int, int]]:
+    """(chosen, rejected) index pairs into ``episodes``, always within one task."""
+    pairs: list[tuple[int, int]] = []
+    for members in episodes_by_task(episodes, reward_key).values():
+        rule = pairing_rule(pairing, episodes[members[0][0]].task.kind)
+        if rule == "success":
+            best, best_value = max(members, key=lambda m: m[1])
+            if succeeded(episodes[best], best_value):
+                pairs += [(best, i) for i, value in members if value < best_value]
+        else:
+            pairs += [(i, j) for i, vi in members for j, vj in members if vi - vj >= min_reward_gap]
+    return pairs
+
+
+def best_trajectories(episodes: Sequence[Episode], reward_key: str = "reward", min_reward: float = 1.0) -> list[int]:
+    """Rejection fine-tuning's data: the best trajectory of each task, when its outcome >= ``min_reward``."""
+    chosen = []
+    for members in episodes_by_task(episodes, reward_key).values():
+        best, value = max(members, key=lambda m: m[1])
+        if value >= min_reward:
+            chosen.append(best)
+    return sorted(chosen)
+
+
+# -- turn records (the actor's data) -----------------------------------------------------------------
+
+
+@dataclass
+class TurnRecord:
+    """One agent turn: the exact prompt o_t the actor saw, what it said, and the task's c."""
+
+    prompt: str
+    output: str
+    privileged: str
+    task_id: str
+    episode: int  # index into the episode list
+    turn: int  # index among the episode's agent turns
+
+
+def turn_records(episodes: Sequence[Episode], fraction: float = 0.1, seed: int = 0) -> list[TurnRecord]:
+    """Every agent turn (that recorded its prompt) of a random ``fraction`` of the trajectories."""
+    usable = [i for i, e in enumerate(episodes) if any(t.input for t in e.agent_turns)]
+    if not usable:
+        return []
+    count = max(1, round(len(usable) * fraction))
+    selected = sorted(random.Random(seed).sample(usable, count))
+    records = []
+    for i in selected:
+        episode = episodes[i]
+        for k, turn in enumerate(episode.agent_turns):
+            if turn.input:
+                records.append(TurnRecord(prompt=turn.input, output=turn.output or turn.content,
+                                          privileged=episode.task.privileged_information,
+                                          task_id=episode.task.id, episode=i, turn=k))
+    return records
+
+
+# -- tokens ------------------------------------------------------------------------------------------
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` as is: special tokens come from the text (the chat template wrote them)."""
+    if not text:
+        return []
+    return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def privileged_prefix(privileged: str) -> str:
+    return PRIVILEGED_TEMPLATE.format(c=privileged)
+
+
+@dataclass
+class DialogueTokens:
+    """A trajectory as one token sequence: [c] + dialogue, with the agent turn of every token.
+
+    ``token_turn[i]`` is the index of the agent turn token i belongs to, or -1 for everything else
+    (c, the chat template's markup, the system prompt and the human's words).
+    """
+
+    input_ids: list[int]
+    token_turn: list[int]
+    num_turns: int
+
+    @property
+    def key(self) -> str:
+        """Identifies the sequence and its scored tokens (for caching reference log-probs)."""
+        return hashlib.sha1(repr((self.input_ids, self.token_turn)).encode()).hexdigest()
+
+
+def agent_turn_prompts(episode: Episode, tokenizer) -> list[str]:
+    """The prompt each agent turn was generated from, o_t as text.
+
+    The recorded ``Turn.input`` prompts are used when they form one growing dialogue (each prompt
+    continues the previous prompt plus the previous agent message), which is how a chat template
+    renders a conversation; otherwise the dialogue is rendered again with ``tokenizer``'s template.
+    """
+    agent = episode.agent_turns
+    stored = [t.input for t in agent]
+    if all(stored) and _prompts_chain(stored, agent):
+        return stored
+    messages = agent_messages(episode)
+    rendered = [tokenizer.apply_chat_template(messages[:j], tokenize=False, add_generation_prompt=True)
+                for j, m in enumerate(messages) if m["role"] == "assistant"]
+    if not _prompts_chain(rendered, agent):
+        raise ValueError(f"task {episode.task.id}: the chat template does not render the dialogue as a growing "
+                         "prefix, so the agent's turns cannot be located exactly")
+    return rendered
+
+
+def _prompts_chain(prompts: Sequence[str], agent_turns) -> bool:
+    return all(prompts[k + 1].startswith(prompts[k] + agent_turns[k].content) for k in range(len(prompts) - 1))
+
+
+def dialogue_tokens(
+    episode: Episode, tokenizer, *, privileged: bool = True, max_length: int = 4096,
+    max_privileged_tokens: int = 1024,
+) -> DialogueTokens:
+    """The critic's view of a trajectory, tokenised piece by piece so turn boundaries are exact.
+
+    Pieces alternate between context (c, template markup, system prompt, the human's words) and
+    agent messages; each is tokenised on its own, so the agent's tokens of turn t are exactly
+    ``encode(a_t)`` (the same tokens the actor scores as a completion). ``c`` is cut to
+    ``max_privileged_tokens``; a dialogue that still does not fit loses its oldest tokens.
+    """
+    agent = episode.agent_turns
+    if not agent:
+        raise ValueError(f"task {episode.task.id}: the episode has no agent turn")
+    prompts = agent_turn_prompts(episode, tokenizer)
+    dialogue_ids: list[int] = []
+    token_turn: list[int] = []
+    consumed = 0  # characters of the last prompt already tokenised
+    for t, (prompt, turn) in enumerate(zip(prompts, agent)):
+        context = encode(tokenizer, prompt[consumed:])
+        action = encode(tokenizer, turn.content)
+        dialogue_ids += context + action
+        token_turn += [-1] * len(context) + [t] * len(action)
+        consumed = len(prompt) + len(turn.content)
+    prefix = encode(tokenizer, privileged_prefix(episode.task.privileged_information)) if privileged else []
+    prefix = prefix[:max_privileged_tokens]
+    keep = max(max_length - len(prefix), 1)
+    dialogue_ids, token_turn = dialogue_ids[-keep:], token_turn[-keep:]
+    return DialogueTokens(input_ids=prefix + dialogue_ids, token_turn=[-1] * len(prefix) + token_turn,
+                          num_turns=len(agent))
+
+
+def prompt_completion_tokens(
+    tokenizer, prompt: str, completion: str, *, max_length: int, add_eos: bool = True,
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) for a turn-level example; the prompt loses its oldest tokens
+    when the pair does not fit. The end-of-turn token is appended so the actor learns to stop."""
+    completion_ids = encode(tokenizer, completion)
+    if add_eos and tokenizer.eos_token_id is not None:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    completion_ids = completion_ids[: max_length - 1]
+    prompt_ids = encode(tokenizer, prompt)[-(max_length - len(completion_ids)):]
+    return prompt_ids, completion_ids

@@ -1,0 +1,143 @@
+"""Evaluate an agent with simulated collaborations: rollouts, metrics, and win rate against another
+rollout file on the same tasks. ``--critic DIR`` switches to best-of-N: at every turn the agent
+samples N candidates and the critic, which sees c, picks the one to send (paper Fig. 3a: how well
+a critic tells good turns from bad ones, measured by the outcomes it leads to).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulators.domain import MAX_ROUNDS, Episode, Task
+from simulators.llm import ChatModel, GenerationConfig, Message, load_model
+from simulators.tasks import load_episodes, read_task_file
+
+METRICS = ("success", "tests_passed", "clip", "design", "rating")
+
+
+@dataclass
+class EvaluateConfig:
+    """``python -m training evaluate``: rollouts of a model, their metrics, and a win rate."""
+
+    model: str = field(default="default", metadata={
+        "help": "agent: 'default', a local HF dir, 'openai:URL#MODEL', or registry:VERSION"})
+    tasks: str = field(default="", metadata={"help": "ColBench task file (JSONL), or 'samples'"})
+    simulator: str = field(default="default", metadata={"help": "simulated human's model"})
+    out: str = field(default="eval.jsonl", metadata={"help": "rollout file (sweet_rl JSONL); existing episodes are kept"})
+    against: str = field(default="", metadata={"help": "another rollout file on the same tasks: report the win rate"})
+    limit: int = field(default=0, metadata={"help": "use only the first N tasks (0 = all)"})
+    kind: str = field(default="", metadata={"help": "only tasks of this kind: backend or frontend"})
+    samples: int = field(default=1, metadata={"help": "episodes per task"})
+    critic: str = field(default="", metadata={"help": "trained critic directory: best-of-N mode (each turn picked by the critic)"})
+    critic_candidates: int = field(default=16, metadata={"help": "best-of-N: candidates per turn"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    max_rounds: int = field(default=MAX_ROUNDS, metadata={"help": "agent turns per episode"})
+    agent_temperature: float = field(default=0.7, metadata={"help": "agent sampling temperature"})
+    agent_max_new_tokens: int = field(default=512, metadata={"help": "longest agent turn, in tokens"})
+    simulator_max_new_tokens: int = field(default=160, metadata={"help": "longest simulator reply, in tokens"})
+    batch_size: int = field(default=8, metadata={"help": "episodes advanced together"})
+
+
+def metrics(episodes: Sequence[Episode]) -> dict:
+    """n, mean reward, success rate and the mean of each metric the episodes carry."""
+    summary: dict = {"n": len(episodes)}
+    rewards = [e.reward for e in episodes if e.reward is not None]
+    if rewards:
+        summary["reward"] = round(sum(rewards) / len(rewards), 4)
+    for key in METRICS:
+        values = [float(e.scores[key]) for e in episodes if isinstance(e.scores.get(key), (int, float))]
+        if values:
+            summary[key if key != "success" else "success_rate"] = round(sum(values) / len(values), 4)
+    return summary
+
+
+def win_rate(episodes: Sequence[Episode], others: Sequence[Episode]) -> dict:
+    """How often ``episodes`` beat ``others`` on the same (task, sample): wins + ½ ties, over matches."""
+    theirs = {(e.task.id, int(e.meta.get("sample", 0))): e.reward for e in others if e.reward is not None}
+    wins = ties = matched = 0
+    for episode in episodes:
+        other = theirs.get((episode.task.id, int(episode.meta.get("sample", 0))))
+        if episode.reward is None or other is None:
+            continue
+        matched += 1
+        wins += episode.reward > other
+        ties += episode.reward == other
+    rate = (wins + 0.5 * ties) / matched if matched else float("nan")
+    return {"win_rate": round(rate, 4), "wins": wins, "ties": ties, "matched": matched}
+
+
+class CriticGuidedAgent(ChatModel):
+    """An agent whose every turn is the best of N candidates by a critic's A(o_t, a, c).
+
+    The critic needs each conversation's c: conversations are matched to their task by the
+    opening problem statement (the first human message, as ``simulators.rollout`` starts them).
+    """
+
+    def __init__(self, agent: ChatModel, critic, tasks: Sequence[Task], candidates: int = 16):
+        self.agent, self.critic, self.candidates = agent, critic, candidates
+        self.name = f"{agent.name}+best-of-{candidates}"
+        self.privileged: dict[str, str] = {}
+        for task in tasks:
+            known = self.privileged.setdefault(task.problem_description, task.privileged_information)
+            if known != task.privileged_information:
+                raise ValueError("best-of-N needs tasks with distinct problem statements (two tasks share one "
+                                 f"but differ in their reference): {task.problem_description[:80]!r}")
+
+    def format_prompt(self, messages: list[Message]) -> str:
+        return self.agent.format_prompt(messages)
+
+    def stream_chat(self, messages: list[Message], config: GenerationConfig | None = None,
+                    cancel: threading.Event | None = None) -> Iterator[str]:
+        yield self.sample([messages], 1, config)[0][0]
+
+    def sample(self, conversations: list[list[Message]], n: int = 1,
+               config: GenerationConfig | None = None) -> list[list[str]]:
+        config = config or GenerationConfig()
+        if config.temperature <= 0:  # greedy candidates would all be the same
+            config = GenerationConfig(**{**config.__dict__, "temperature": 1.0})
+        all_candidates = self.agent.sample(conversations, n=self.candidates, config=config)
+        picked = []
+        for conversation, candidates in zip(conversations, all_candidates):
+            opening = next(m["content"] for m in conversation if m["role"] == "user")
+            scores = self.critic.score_candidates(self.privileged[opening], self.format_prompt(conversation), candidates)
+            picked.append([candidates[max(range(len(candidates)), key=scores.__getitem__)]] * n)
+        return picked
+
+    def completion_logprobs(self, prompt: str, completion: str) -> list[float]:
+        return self.agent.completion_logprobs(prompt, completion)
+
+
+def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task] | None = None, *, agent: ChatModel | None = None,
+                   progress: bool = True) -> dict:
+    """Roll out ``config.model`` (or ``agent``) on the tasks and summarise; also writes ``<out>.metrics.json``."""
+    from simulators.humans import SimulatedHuman
+    from simulators.rollout import RolloutConfig, run_rollouts
+
+    if tasks is None:
+        if not config.tasks:
+            raise ValueError("evaluate: --tasks FILE is required ('samples' for our sample tasks)")
+        tasks = read_task_file(config.tasks, config.kind, config.limit)
+    agent = agent or load_model(config.model)
+    simulator = load_model(config.simulator)
+    if config.critic:
+        from training.critic import load_critic
+
+        agent = CriticGuidedAgent(agent, load_critic(config.critic), tasks, config.critic_candidates)
+    human = SimulatedHuman(simulator, max_new_tokens=config.simulator_max_new_tokens)
+    rollout = RolloutConfig(out=config.out, best_of_n=config.samples, seed=config.seed, max_rounds=config.max_rounds,
+                            agent_temperature=config.agent_temperature, agent_max_new_tokens=config.agent_max_new_tokens,
+                            simulator_max_new_tokens=config.simulator_max_new_tokens, batch_size=config.batch_size)
+    run_rollouts(tasks, agent, human, rollout, progress=progress)
+    task_ids = {t.id for t in tasks}
+    episodes = [e for e in load_episodes(config.out).items if e.task.id in task_ids]
+    result = {"model": config.model, "out": config.out, **metrics(episodes)}
+    if config.critic:
+        result["best_of_n"] = {"critic": config.critic, "candidates": config.critic_candidates}
+    if config.against:
+        result["against"] = {"file": config.against, **win_rate(episodes, load_episodes(config.against).items)}
+    Path(config.out).with_suffix(".metrics.json").write_text(json.dumps(result, indent=2))
+    return result
