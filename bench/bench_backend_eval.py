@@ -36,7 +36,7 @@ from simulators.backend_eval import PER_TEST_TIMEOUT_S, BackendEvaluator  # noqa
 from simulators.domain import Task  # noqa: E402
 from simulators.tasks import load_sample_tasks, load_tasks  # noqa: E402
 
-DEFAULT_TASKS = Path("/work/shared/colbench/backend_dev.jsonl")
+DEFAULT_TASKS = Path(__file__).resolve().parents[2] / "shared" / "colbench" / "backend_dev.jsonl"  # ../shared
 
 
 class _CallTimeout(BaseException):

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-DEFAULT_TASKS = Path("/work/shared/colbench/backend_dev.jsonl")
+DEFAULT_TASKS = Path(__file__).resolve().parents[2] / "shared" / "colbench" / "backend_dev.jsonl"  # ../shared
 ASK = ("Before I write it: what should happen with empty or invalid input, and do you need any rounding "
        "or a particular order in the result?")
 REPLY = "Empty input gives an empty result; keep the order of the input, no rounding."
@@ -111,8 +111,11 @@ def worker_critic_ours(args) -> dict:
     episodes, tokenizer = benchmark_episodes(args.tasks, args.count)
     pairs, tokens, distinct = pair_tokens(episodes, tokenizer)
     with tempfile.TemporaryDirectory() as out:
+        # checkpoint_min_tokens=0: checkpointing on means on for every micro-batch, as for TRL (our
+        # default, 2048, leaves these ~1,400-token groups unchecked: the --no-checkpointing figures)
         config = CriticConfig(model="default", out=out, epochs=1, gradient_accumulation_steps=1, eval_fraction=0.0,
-                              save_steps=0, progress=False, gradient_checkpointing=args.checkpointing)
+                              save_steps=0, progress=False, gradient_checkpointing=args.checkpointing,
+                              checkpoint_min_tokens=0)
         started = time.perf_counter()
         summary = train_critic(config, episodes)
         seconds = time.perf_counter() - started

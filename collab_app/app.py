@@ -38,7 +38,7 @@ def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
         with gr.Tab("Train") as train_tab:
             build_train_tab(ctx, train_tab)
         with gr.Tab("Chat"):
-            build_chat_tab(ctx.actor, config.max_message_chars, config.max_new_tokens)
+            build_chat_tab(ctx)
     app.queue(default_concurrency_limit=4)
     return app, ctx
 

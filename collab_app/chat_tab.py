@@ -7,6 +7,7 @@ import threading
 import gradio as gr
 
 from collab_app.actor import ActorSlot
+from collab_app.context import AppContext
 from collab_app.messages import to_model_messages
 from simulators.llm import GenerationConfig, ModelError
 
@@ -33,7 +34,7 @@ def stream_reply(actor: ActorSlot, history: list[dict], max_new_tokens: int):
         cancel.set()  # also reached when the Stop button closes this generator
 
 
-def build_chat_tab(actor: ActorSlot, max_message_chars: int, max_new_tokens: int) -> None:
+def build_chat_tab(ctx: AppContext) -> None:
     chatbot = gr.Chatbot(label="Agent", height=480, elem_id="chat-chatbot")
     with gr.Row():
         textbox = gr.Textbox(placeholder="Message the agent…", show_label=False, scale=8,
@@ -43,15 +44,10 @@ def build_chat_tab(actor: ActorSlot, max_message_chars: int, max_new_tokens: int
     clear = gr.Button("New conversation", size="sm")
 
     def add_user_message(text: str, history: list[dict]):
-        text = (text or "").strip()
-        if not text:
-            raise gr.Error("Type a message first.")
-        if len(text) > max_message_chars:
-            raise gr.Error(f"That message is {len(text):,} characters; the limit is {max_message_chars:,}.")
-        return "", history + [{"role": "user", "content": text}]
+        return "", history + [{"role": "user", "content": ctx.person_message(text)}]
 
     def respond(history: list[dict]):
-        yield from stream_reply(actor, history, max_new_tokens)
+        yield from stream_reply(ctx.actor, history, ctx.config.max_new_tokens)
 
     events = [
         trigger(add_user_message, [textbox, chatbot], [textbox, chatbot], queue=False)

@@ -16,8 +16,9 @@ Which votes: ``final`` (default) — one overall vote per comparison, like an ar
 ``all`` — both.
 
 Next to the ratings: each model version's automatic scores, the mean reward and success rate of
-its scored sessions in the store (any mode), and, when rollout files are given, of its held-out
-rollouts (sweet_rl JSONL from ``python -m simulators rollout``, grouped by ``agent_model``).
+its scored sessions in the store (any mode), and of held-out rollouts: from the rollout files
+given (sweet_rl JSONL from ``python -m simulators rollout``, grouped by ``agent_model``), else,
+for a registry version, from the evaluation gate of the run that trained it.
 """
 
 from __future__ import annotations
@@ -207,8 +208,24 @@ def leaderboard(store: SessionStore, *, votes: str = "final", rollout_files: Seq
     for model, episodes in heldout.items():
         entry = row(model)
         entry.heldout_episodes, entry.heldout_reward, entry.heldout_success_rate = _score_summary(episodes)
+    for model, gate in registry_evaluations().items():  # no rollout file for it: its evaluation gate
+        entry = row(model)
+        if not entry.heldout_episodes and gate.get("n"):
+            entry.heldout_episodes, entry.heldout_reward = gate["n"], gate.get("reward")
+            entry.heldout_success_rate = gate.get("success_rate")
     return sorted(rows.values(), key=lambda r: (r.rating is None, -(r.rating or 0.0),
                                                 -(r.mean_reward or 0.0), r.model))
+
+
+def registry_evaluations() -> dict[str, dict]:
+    """``registry:VERSION`` -> the held-out scores its training run measured (the evaluation gate)."""
+    from simulators.registry import ModelRegistry, RegistryError
+
+    try:
+        versions = ModelRegistry().list_versions()
+    except (RegistryError, OSError):
+        return {}
+    return {f"registry:{v.id}": v.meta.get("metrics", {}).get("evaluation", {}).get("new", {}) for v in versions}
 
 
 COLUMNS = ["rank", "model", "rating", "95% CI", "votes", "W-T-L", "sessions", "mean reward", "success",

@@ -58,6 +58,9 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
             mode = gr.Dropdown([ANY, "human", "simulator", "free", "compare"], value=ANY, label="Sessions played by")
             since = gr.Number(value=0, label="Only the last N days (0 = all)", minimum=0)
             minimum = gr.Number(value=4, label="Minimum number of scored sessions", precision=0, minimum=1)
+            actor_pairs = gr.Checkbox(value=True, label="People's turn-level preferences (edits, liked "
+                                      "regenerations, votes) train the actor")
+            critic_pairs = gr.Checkbox(value=False, label="…and supervise the critic (SWEET)")
         with gr.Column():
             gr.Markdown("#### Algorithm")
             algorithm = gr.Radio([("SWEET-RL", "sweet"), ("Multi-turn DPO", "mtdpo"), ("Rejection fine-tuning", "rft")],
@@ -100,12 +103,14 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
 
     outputs = [status, evaluation, curves, log, versions, rollback_to]
 
-    def start(kind_v, mode_v, since_v, min_v, algo, n, epochs, limit, tokens, auto, margin_v, every):
+    def start(kind_v, mode_v, since_v, min_v, algo, n, epochs, limit, tokens, auto, margin_v, every,
+              actor_pairs_v, critic_pairs_v):
         request = TrainRequest(algorithm=algo, kind="" if kind_v == ANY else kind_v,
                                mode="" if mode_v == ANY else mode_v, since_days=float(since_v or 0),
                                min_sessions=int(min_v or 1), best_of_n=int(n), critic_epochs=int(epochs),
                                eval_limit=int(limit), max_new_tokens=int(tokens),
-                               promote_margin=float(margin_v or 0) if auto else None)
+                               promote_margin=float(margin_v or 0) if auto else None,
+                               actor_human_pairs=bool(actor_pairs_v), critic_human_pairs=bool(critic_pairs_v))
         ctx.training.set_continuous(int(every or 0))
         try:
             ctx.training.start(request)
@@ -145,7 +150,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         return refresh()
 
     settings = [kind, mode, since, minimum, algorithm, best_of_n, critic_epochs, eval_limit, max_new_tokens,
-                auto_promote, margin, continuous]
+                auto_promote, margin, continuous, actor_pairs, critic_pairs]
     # Named API endpoints: scripts (and the tests) drive training from gradio_client as the tab does.
     start_btn.click(start, settings, outputs, api_name="train_start")
     cancel_btn.click(cancel, None, outputs, api_name="train_cancel")

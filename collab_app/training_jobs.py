@@ -23,6 +23,7 @@ from pathlib import Path
 from simulators.paths import collab_home
 from simulators.store import SessionStore
 from simulators.tasks import write_episodes
+from training.data import store_preference_rows
 
 ALGORITHMS = ("sweet", "mtdpo", "rft")
 STAGES = ("critic", "actor", "eval_parent.jsonl", "eval_new.jsonl", "version.json")
@@ -43,6 +44,8 @@ class TrainRequest:
     eval_max_rounds: int = 3
     max_new_tokens: int = 128
     promote_margin: float | None = None  # promote automatically when better by this much
+    actor_human_pairs: bool = True  # people's turn-level preferences train the actor (DPO pairs)
+    critic_human_pairs: bool = False  # ... and supervise the critic
     extra_args: list[str] = field(default_factory=list)
 
 
@@ -80,8 +83,13 @@ class TrainingJob:
         out.mkdir(parents=True, exist_ok=False)
         snapshot = out / "data.jsonl"
         write_episodes(episodes, snapshot)
+        preferences = out / "preferences.jsonl"  # people's turn-level pairs, kept with the run too
+        with open(preferences, "w", encoding="utf-8") as fh:
+            for row in store_preference_rows(store):
+                fh.write(json.dumps(row) + "\n")
         (out / "request.json").write_text(json.dumps(request.__dict__, indent=2))
-        command = [sys.executable, "-m", "training", "loop", "--data", str(snapshot), "--out", str(out),
+        command = [sys.executable, "-m", "training", "loop", "--data", str(snapshot), "--preferences", str(preferences),
+                   "--out", str(out),
                    "--algorithm", request.algorithm, "--best-of-n", str(request.best_of_n),
                    "--critic-epochs", str(request.critic_epochs), "--eval-limit", str(request.eval_limit),
                    "--eval-max-rounds", str(request.eval_max_rounds), "--max-new-tokens", str(request.max_new_tokens),
@@ -89,6 +97,9 @@ class TrainingJob:
                    "--no-progress", *request.extra_args]
         if request.kind:
             command += ["--kind", request.kind]
+        command.append("--human-pairs" if request.actor_human_pairs else "--no-human-pairs")
+        if request.critic_human_pairs:
+            command.append("--critic-human-pairs")
         if eval_tasks:
             command += ["--eval-tasks", eval_tasks]
         if request.promote_margin is not None:

@@ -797,6 +797,9 @@ def serve() -> None:
         return
     out.write(json.dumps({"isolation": server.isolation.to_dict()}).encode() + b"\n")
     out.flush()
+    # Everything the server holds now is shared with every job it forks. Frozen, the jobs' garbage
+    # collector never walks (and so never writes to, and copies) those objects' pages.
+    gc.freeze()
     while (job := server.next_job()) is not None:
         try:
             header, raw = server.run(job)

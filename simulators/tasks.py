@@ -88,7 +88,7 @@ def task_from_row(row: dict[str, Any], *, kind: TaskKind | None = None, source: 
     )
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield (line number, parsed object or None, error or None); blank lines are skipped."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -125,7 +125,7 @@ def load_tasks(path: str | os.PathLike, *, kind: TaskKind | None = None) -> Load
         numbered: Iterable = ((i + 1, r, None) for i, r in enumerate(rows))
         unit = "item"
     else:
-        numbered = _jsonl_rows(path)
+        numbered = jsonl_rows(path)
         unit = "line"
     for lineno, row, error in numbered:
         where = f"{path}:{lineno}" if unit == "line" else f"{path}[item {lineno}]"
@@ -182,7 +182,7 @@ def load_episodes(path: str | os.PathLike, *, kind: TaskKind | None = None) -> L
     """Read a sweet_rl trajectory JSONL file ({task, dialogue_history, answer, reward})."""
     path = _open_checked(path)
     report = LoadReport()
-    for lineno, row, error in _jsonl_rows(path):
+    for lineno, row, error in jsonl_rows(path):
         where = f"{path}:{lineno}"
         if error is None:
             try:

@@ -176,3 +176,27 @@ def test_two_tiny_models_stream_side_by_side_from_one_prompt(store, tiny_model_d
     payload = store.feedback()[0]["payload"]
     assert payload["prompt"] == payload["prompt_a"] == payload["prompt_b"] == turns["a"]["input"]
     assert (payload["a"], payload["b"]) == (final.a.text, final.b.text)
+
+
+def test_a_frontend_comparison_renders_both_pages_and_scores_them(store):
+    from simulators.render import shared_renderer
+    from simulators.tasks import load_sample_tasks
+
+    task = next(t for t in load_sample_tasks("frontend") if t.id == "sample-frontend-01")
+    good = ScriptedModel([f"{ANSWER_MARKER}\n{task.ground_truth}"], name="good")
+    bad = ScriptedModel([f"{ANSWER_MARKER}\n<html><body><p class='p-4'>Bread.</p></body></html>"], name="bad")
+    comparison = Comparison(task, store, good, bad, human_name="person:ana", rng=random.Random(0),
+                            renderer=shared_renderer())
+    g, b = position_of(comparison, "good"), position_of(comparison, "bad")
+
+    view = play_round(comparison)
+    for position in (g, b):  # both pages rendered and kept, shown side by side
+        assert getattr(view, position).render_error is None
+        assert store.render_path(getattr(view, position).render_hash).is_file()
+    comparison.vote(g)
+    comparison.vote_final(g)
+
+    good_scores, bad_scores = comparison.sides[g].scores, comparison.sides[b].scores
+    assert good_scores["design"] == pytest.approx(1.0) and bad_scores["design"] < 0.9
+    assert "clip" not in good_scores and good_scores["clip_unavailable"]  # no CLIP weights offline
+    assert comparison.sides[g].reward == good_scores["design"]

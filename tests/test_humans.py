@@ -2,6 +2,7 @@
 
 from simulators.domain import Episode, Task, Turn
 from simulators.humans import BACKEND_REPLY_LIMIT, SimulatedHuman, agent_messages, clean_reply
+from simulators.llm import load_model
 
 REFERENCE = "def shipping_cost(weight_kg, express):\n    base = 4.5 if weight_kg <= 2 else 9.0\n    return base * (2 if express else 1)"
 TASK = Task(id="t1", kind="backend", problem_description="Compute shipping. The signature of the function is: "
@@ -22,11 +23,8 @@ def test_agent_sees_its_instructions_then_the_dialogue_with_chat_roles():
     assert messages[1]["content"] == TASK.problem_description
 
 
-def test_simulator_sees_hidden_reference_with_roles_flipped():
-    class NoModel:  # only .name is read to build messages; nothing is generated here
-        name = "none"
-
-    messages = SimulatedHuman(NoModel()).messages(episode_after_question())
+def test_simulator_sees_hidden_reference_with_roles_flipped(tiny_model_dir):
+    messages = SimulatedHuman(load_model(str(tiny_model_dir))).messages(episode_after_question())
     assert messages[0]["role"] == "system" and REFERENCE in messages[0]["content"]
     assert messages[1:] == [{"role": "user", "content": "What is the weight threshold?"}]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -79,7 +80,8 @@ def scored_session(store: SessionStore, model: str, reward: float, success: bool
     store.finish_session(session, answer="x", reward=reward, scores={"success": success})
 
 
-def test_leaderboard_joins_votes_with_stored_and_heldout_scores(tmp_path):
+def test_leaderboard_joins_votes_with_stored_and_heldout_scores(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLLAB_HOME", str(tmp_path))  # an empty model registry
     store = SessionStore(tmp_path / "db.sqlite")
     for _ in range(3):
         compare_vote(store, "v2", "v1", "a", final=True)
@@ -107,18 +109,37 @@ def test_leaderboard_joins_votes_with_stored_and_heldout_scores(tmp_path):
     assert (tmp_path / "ratings.png").stat().st_size > 1000
 
 
+def test_a_trained_version_brings_its_evaluation_gate_scores(tmp_path, monkeypatch):
+    from simulators.registry import ModelRegistry
+
+    monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    gate = {"new": {"n": 8, "reward": 0.625, "success_rate": 0.5}, "parent": {"n": 8, "reward": 0.5}}
+    version = ModelRegistry().register(adapter, base="default", algorithm="sweet", metrics={"evaluation": gate})
+    store = SessionStore(tmp_path / "db.sqlite")
+    compare_vote(store, f"registry:{version.id}", "default", "a", final=True)
+
+    rows = {r.model: r for r in leaderboard(store, bootstrap_rounds=10)}
+    trained = rows[f"registry:{version.id}"]
+    assert (trained.heldout_episodes, trained.heldout_reward, trained.heldout_success_rate) == (8, 0.625, 0.5)
+    assert trained.wins == 1 and rows["default"].heldout_episodes == 0
+
+
 def test_cli_prints_the_table_and_saves_the_plot(tmp_path):
+    env = {**os.environ, "COLLAB_HOME": str(tmp_path)}  # an empty model registry
     db = tmp_path / "db.sqlite"
     store = SessionStore(db)
     compare_vote(store, "model-one", "model-two", "b", final=True)
     compare_vote(store, "model-one", "model-two", "both_bad", final=True)
     run = subprocess.run([sys.executable, "-m", "collab_app", "leaderboard", "--db", str(db), "--bootstrap", "50",
                           "--plot", str(tmp_path / "plot.png")], cwd=REPO, capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     lines = run.stdout.splitlines()
     assert lines[0].split()[:3] == ["rank", "model", "rating"]
     assert lines[1].split()[:2] == ["1", "model-two"] and "1-1-0" in lines[1]
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     as_json = subprocess.run([sys.executable, "-m", "collab_app", "leaderboard", "--db", str(db), "--json",
-                              "--bootstrap", "0"], cwd=REPO, capture_output=True, text=True, check=True)
+                              "--bootstrap", "0"], cwd=REPO, capture_output=True, text=True, check=True, env=env)
     assert [r["model"] for r in json.loads(as_json.stdout)] == ["model-two", "model-one"]

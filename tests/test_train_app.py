@@ -34,8 +34,9 @@ TASKS = [
          ground_truth="def double(x):\n    return 2 * x", test_cases={f"test{i}": f"double({i})" for i in range(3)}),
 ]
 # Train tab settings, in the order of its inputs: kind, mode, since days, minimum sessions, algorithm,
-# best-of-N, critic epochs, held-out tasks, longest agent turn, auto-promote, margin, continuous.
-SETTINGS = ["any", "any", 0, 4, "sweet", 2, 1, 1, 32, False, 0.0, 0]
+# best-of-N, critic epochs, held-out tasks, longest agent turn, auto-promote, margin, continuous,
+# human pairs for the actor, for the critic.
+SETTINGS = ["any", "any", 0, 4, "sweet", 2, 1, 1, 32, False, 0.0, 0, True, True]
 
 
 def log_sessions(db, tokenizer) -> None:
@@ -47,7 +48,9 @@ def log_sessions(db, tokenizer) -> None:
         bad = scripted_episode(task, ["I WANT TO ANSWER: def f(x): return 0"], [], tokenizer, reward=0.0,
                                scores={"success": False}, system_prompt=SYSTEM)
         for episode in (good, bad):
-            store.add_episode(episode, mode="human")
+            session = store.add_episode(episode, mode="human")
+        # The person edited the failed answer into the right one: a turn-level preference pair.
+        store.add_feedback(session, "edit", turn_idx=1, before=bad.turns[1].content, after=good.turns[-1].content)
 
 
 def status(client) -> tuple[str, str]:
@@ -81,7 +84,10 @@ def play_one_turn(page, url: str, text: str, db) -> str:
         if new and agent_turn_versions(db, new[0].id):
             return new[0].id
         time.sleep(0.5)
-    raise AssertionError("the agent did not answer")
+    stored = [(s.id[:8], s.model_version, [t["role"] for t in SessionStore(db).turns(s.id)])
+              for s in SessionStore(db).list_sessions(limit=10**6)]
+    raise AssertionError(f"the agent did not answer; stored: {stored}; the page shows:\n"
+                         f"{page.locator('#collab-chat').inner_text()[-500:]}\n{page.locator('#collab-score').inner_text()}")
 
 
 def send(page, db, session_id: str, text: str) -> None:
@@ -120,6 +126,10 @@ def test_train_promote_hot_swap_kill_resume_and_rollback(tmp_path, tiny_model_di
         (run,) = sorted((home / "runs").glob("run-*"))
         version = json.loads((run / "version.json").read_text())
         assert version["evaluation"]["held_out"] is True and version["promoted"] is False
+        # The two edits became preference pairs: snapshotted with the run, used by critic and actor.
+        assert len((run / "preferences.jsonl").read_text().splitlines()) == 2
+        metrics = registry.get("v0001").meta["metrics"]
+        assert metrics["critic"]["human_pairs"] == 2 and metrics["actor"]["pair_sources"]["human"] == 2
         assert registry.current() is None  # not promoted yet: new sessions still get the base
 
         client.predict(api_name="/train_promote")

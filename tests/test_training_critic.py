@@ -16,6 +16,7 @@ from torch import nn
 
 from simulators.domain import Task
 from simulators.llm.scripted import ScriptedModel
+from simulators.tasks import TaskFileError
 from training.critic import CriticConfig, load_critic, pairwise_accuracy, train_critic
 from training.data import trajectory_pairs
 from training.engine import TrainOptions, make_accelerator, train_loop
@@ -69,11 +70,11 @@ def test_critic_accuracy_rises_from_chance_when_it_sees_c(tiny_model_dir, tokeni
     critic = load_critic(tmp_path / "critic", torch.device("cpu"))
     assert summary["steps"] == 24 and summary["pairs"] == 8  # 8 pairs (one per task) × 3 epochs
     assert held_out_accuracy(critic, held_out) >= 0.9
-    with critic.lm.disable_adapter():  # the untrained critic (π_θ = π_ref): every A is 0, chance
-        assert held_out_accuracy(critic, held_out) == 0.5
+    with critic.lm.disable_adapter():  # the untrained critic (π_θ = π_ref): every A is 0 (up to rounding)
+        assert max(abs(score) for score in critic.scores([critic.tokens(e) for e in held_out])) < 1e-5
     log = [json.loads(line) for line in (tmp_path / "critic" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 25))
-    assert log[0]["accuracy"] == 0.5 and log[-1]["loss"] < log[0]["loss"]
+    assert abs(log[0]["margin"]) < 1e-5 and log[-1]["loss"] < log[0]["loss"]  # starts from π_θ = π_ref
     assert (tmp_path / "critic" / "curves.png").stat().st_size > 5000
     # Ranking candidates: the action that says c's word gets the higher advantage.
     task, prompt = held_out[0].task, held_out[0].agent_turns[-1].input
@@ -143,3 +144,35 @@ def test_an_interrupted_training_resumes_where_its_checkpoint_left_off(tmp_path)
     assert torch.allclose(resumed.weight, reference.weight) and torch.allclose(resumed.bias, reference.bias)
     steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # every step logged once, none repeated
+
+
+def secret_word_preferences(tokenizer, count: int, first: int = 0) -> list[dict]:
+    """Turn-level pairs as people make them in the app: the answer that says c's word over the other."""
+    rows = []
+    for i in range(first, first + count):
+        word, other = WORDS[i % 2], WORDS[1 - i % 2]
+        prompt = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                                {"role": "user", "content": "Write a function secret."}],
+                                               tokenize=False, add_generation_prompt=True)
+        rows.append({"prompt": prompt, "chosen": f"I WANT TO ANSWER: return '{word}'",
+                     "rejected": f"I WANT TO ANSWER: return '{other}'", "source": "edit", "task_id": f"secret-{i}",
+                     "privileged": f"def secret(): return '{word}'"})
+    return rows
+
+
+def test_people_s_turn_level_preferences_supervise_the_critic(tiny_model_dir, tokenizer, tmp_path):
+    preferences = tmp_path / "preferences.jsonl"
+    preferences.write_text("".join(json.dumps(r) + "\n" for r in secret_word_preferences(tokenizer, 8)))
+    config = critic_config(tiny_model_dir, tmp_path / "critic", human_pairs=True, preferences=str(preferences))
+
+    summary = train_critic(config, episodes=[])  # no trajectory pairs at all: the people's pairs alone
+
+    assert summary["pairs"] == summary["human_pairs"] == 8 and summary["train_accuracy"] == 1.0
+    critic = load_critic(tmp_path / "critic", torch.device("cpu"))
+    for row in secret_word_preferences(tokenizer, 4, first=100):  # unseen tasks: A(o_t, a, c) follows c
+        chosen, rejected = critic.score_candidates(row["privileged"], row["prompt"], [row["chosen"], row["rejected"]])
+        assert chosen > rejected
+    preferences.write_text('{"prompt": "p", "chosen": "a"}\n')  # a broken file says where
+    with pytest.raises(TaskFileError, match=r"preferences.jsonl:1: .*prompt, chosen and rejected"):
+        train_critic(critic_config(tiny_model_dir, tmp_path / "again", human_pairs=True,
+                                   preferences=str(preferences)), episodes=[])

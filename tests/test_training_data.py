@@ -99,3 +99,25 @@ def test_without_recorded_prompts_the_dialogue_is_rendered_again_identically(tin
     cut = dialogue_tokens(recorded, tokenizer, max_length=120, max_privileged_tokens=8)
     assert len(cut.input_ids) == 120 and cut.input_ids[:8] == long.input_ids[:8]  # c's head kept, old dialogue dropped
     assert cut.input_ids[8:] == long.input_ids[-112:] and cut.token_turn[8:] == long.token_turn[-112:]
+
+
+def test_telling_a_database_from_jsonl_never_loses_the_app_s_writes(tmp_path):
+    """Regression: reading the database's header with open() dropped this process's SQLite locks,
+    so another process closing its connection deleted the write-ahead log still in use here."""
+    import subprocess
+    import sys
+
+    from training.data import is_session_db
+
+    db = tmp_path / "collab.sqlite"
+    store = SessionStore(db)  # the app's store: its connection stays open
+    store.create_session(BACKEND, mode="human", human="person:ana", model_version="base")
+    assert is_session_db(db) and not is_session_db(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    assert not is_session_db(tmp_path / "empty.jsonl")
+    count = f"from simulators.store import SessionStore; print(len(SessionStore({str(db)!r}).list_sessions()))"
+    subprocess.run([sys.executable, "-c", count], check=True, capture_output=True)  # opens, then closes
+    store.create_session(BACKEND, mode="human", human="person:bo", model_version="base")
+    assert (tmp_path / "collab.sqlite-wal").exists()
+    seen = subprocess.run([sys.executable, "-c", count], check=True, capture_output=True, text=True)
+    assert seen.stdout.strip() == "2"  # another process sees both sessions

@@ -11,7 +11,7 @@ from simulators.domain import Task
 from training import sweet
 from training.critic import CriticConfig, build_critic, continuation_logprobs
 from training.data import dialogue_tokens, encode, privileged_prefix
-from training.engine import collate, masked_token_logprobs
+from training.engine import collate, common_prefix_length, masked_token_logprobs, shared_prefix_logprobs
 from training.synthetic import scripted_episode
 
 TASK = Task(id="t-add", kind="backend", problem_description="Write a Python function that adds two numbers.",
@@ -134,3 +134,22 @@ def test_disabled_adapter_reference_equals_the_base_model(critic, tiny_model_dir
     turn = torch.tensor([t for t in tokens.token_turn[1:] if t >= 0])
     advantages = sweet.turn_advantages(adapted, expected, turn, tokens.num_turns)
     assert score == pytest.approx(advantages[-1].item(), abs=1e-4)
+
+
+def test_trajectories_that_open_alike_share_one_forward_of_their_opening(critic):
+    """The reference pass forwards a task's common opening once: the log-probs are those of full
+    forwards, whether or not the opening itself holds scored tokens."""
+    import random
+
+    rng = random.Random(0)
+    opening = [rng.randrange(5, 200) for _ in range(80)]
+    sequences = [opening + [rng.randrange(5, 200) for _ in range(n)] for n in (5, 17, 30)]
+    masks = [[rng.random() < 0.5 for _ in s] for s in sequences]
+    no_scored_opening = [[i >= 80 for i in range(len(s))] for s in sequences]
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        for targets in (masks, no_scored_opening):
+            shared = shared_prefix_logprobs(critic.lm, sequences, targets, 0, cpu)
+            full = masked_token_logprobs(critic.lm, *collate(sequences, targets, 0, cpu))
+            assert shared.tolist() == pytest.approx(full.tolist(), abs=1e-4)
+    assert common_prefix_length(sequences) == 80 + (sequences[0][80] == sequences[1][80] == sequences[2][80])

@@ -260,8 +260,9 @@ def train_actor(config: ActorConfig, episodes: Sequence[Episode] | None = None) 
     sources = defaultdict(int)
     for row in rows:
         sources[row.get("source", "file")] += 1
-    if config.human_pairs and config.data:
-        human = [{**p.to_trl(), "source": p.source} for p in human_preference_pairs(config.data)]
+    if config.human_pairs:
+        human = [{key: row[key] for key in ("prompt", "chosen", "rejected", "source")}
+                 for row in human_preference_pairs(config.data, config.preferences)]
         rows = rows + human
         sources["human"] = len(human)
     turns = group_by_prompt(rows)

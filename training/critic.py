@@ -8,6 +8,9 @@ disabled — no second copy in memory — and its log-probs are computed once pe
 training, and cached. The trajectories of a task that appear in several pairs (the best one is
 paired with every worse one) are forwarded once per step and share their scores.
 
+People's turn-level preferences from the app (``--human-pairs``) join as pairs of one-turn
+trajectories: c, o_t, then the chosen or the rejected action.
+
 Ablations: ``--no-privileged`` (no c), ``--no-length-normalize`` (Σ_l instead of the mean), and
 ``--head value`` (a regression head on mean-pooled hidden states, trained on the outcome).
 """
@@ -30,9 +33,11 @@ from training import sweet
 from training.data import (
     DataOptions,
     DialogueTokens,
+    action_tokens,
     dialogue_tokens,
     encode,
     episodes_by_task,
+    human_preference_pairs,
     outcome,
     privileged_prefix,
     read_episodes,
@@ -78,6 +83,9 @@ class CriticConfig(TrainOptions, DataOptions):
     max_privileged_tokens: int = field(default=1024, metadata={"help": "c is cut to this many tokens"})
     eval_fraction: float = field(default=0.1, metadata={
         "help": "fraction of tasks held out to measure pairwise accuracy (0 = none)"})
+    human_pairs: bool = field(default=False, metadata={
+        "help": "also learn from people's turn-level preference pairs (app edits, liked regenerations, votes; "
+                "--preferences): Eq. 2 over one-turn trajectories, -log σ(β (A(o_t, a+, c) - A(o_t, a-, c)))"})
 
 
 @dataclass
@@ -149,6 +157,12 @@ class Critic:
         return dialogue_tokens(episode, self.tokenizer, privileged=self.settings.privileged,
                                max_length=self.settings.max_length,
                                max_privileged_tokens=self.settings.max_privileged_tokens)
+
+    def action_tokens(self, privileged: str, prompt: str, action: str) -> DialogueTokens:
+        """One action after o_t as a one-turn trajectory (with c unless the critic is blind to it)."""
+        return action_tokens(self.tokenizer, privileged if self.settings.privileged else None, prompt, action,
+                             max_length=self.settings.max_length,
+                             max_privileged_tokens=self.settings.max_privileged_tokens)
 
     def fill_reference(self, sequences: Sequence[DialogueTokens], progress: bool = True) -> None:
         """π_ref log-probs of every sequence's agent tokens, computed once (cached by token hash)."""
@@ -399,18 +413,32 @@ def train_critic(config: CriticConfig, episodes: Sequence[Episode] | None = None
     used = sorted({i for pair in pairs for i in pair})
     if config.head == "value":  # the value head learns from every scored trajectory, paired or not
         used = sorted({i for members in episodes_by_task(episodes, config.reward_key).values() for i, _ in members})
+    sequences = {i: critic.tokens(episodes[i]) for i in used}
+    task_of = [e.task.id for e in episodes]
+    human = human_preference_pairs(config.data, config.preferences) if config.human_pairs else []
+    if human and config.head == "value":
+        raise ValueError("--human-pairs trains the advantage critic; the value head learns from outcomes only")
+    for row in human:  # a turn-level pair is a pair of one-turn trajectories, indexed after the episodes
+        chosen, rejected = len(task_of), len(task_of) + 1
+        sequences[chosen] = critic.action_tokens(row["privileged"], row["prompt"], row["chosen"])
+        sequences[rejected] = critic.action_tokens(row["privileged"], row["prompt"], row["rejected"])
+        task_of += [row["task_id"] or f"human-{chosen}"] * 2
+        pairs.append((chosen, rejected))
+        used += [chosen, rejected]
     if not used:
         raise ValueError("no trajectory pairs in the data: each task needs trajectories with different rewards "
                          f"(pairing={config.pairing}, reward_key={config.reward_key})")
-    sequences = {i: critic.tokens(episodes[i]) for i in used}
-    task_of = [e.task.id for e in episodes]
     held_out = split_tasks([task_of[i] for i in used], config.eval_fraction, config.seed)
     train_pairs = [p for p in pairs if task_of[p[0]] not in held_out]
     eval_pairs = [p for p in pairs if task_of[p[0]] in held_out]
     critic.fill_reference([sequences[i] for i in used], progress=config.progress)
 
+    seen: list[tuple[int, float]] = []  # (pairs, accuracy) of every micro-batch, in training order
+
     def advantage_loss(model, group: PairGroup):
-        return pair_group_loss(critic, model, sequences, group, config.beta)
+        loss, stats, tokens = pair_group_loss(critic, model, sequences, group, config.beta)
+        seen.append((len(group.pairs), stats["accuracy"]))
+        return loss, stats, tokens
 
     def value_loss(model, members: list[int]):
         batch = [sequences[i] for i in members]
@@ -434,8 +462,15 @@ def train_critic(config: CriticConfig, episodes: Sequence[Episode] | None = None
     result = train_loop(critic.model, items, loss_fn, config, out, accelerator=accelerator, name="critic",
                         evaluate=evaluate if eval_pairs else None,
                         plot_keys=("loss", "accuracy", "margin") if config.head == "advantage" else ("loss", "accuracy"))
-    train_accuracy = pairwise_accuracy(critic, sequences, train_pairs)
-    summary = {"out": str(out), "pairs": len(pairs), "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
+    if config.head == "advantage" and seen:
+        # As trainers log it: measured in the last epoch's own forward passes (each group before its
+        # update), rather than by a further pass over every trajectory.
+        last_epoch = seen[-len(items):]
+        train_accuracy = sum(n * a for n, a in last_epoch) / sum(n for n, _ in last_epoch)
+    else:
+        train_accuracy = pairwise_accuracy(critic, sequences, train_pairs)
+    summary = {"out": str(out), "pairs": len(pairs), "human_pairs": len(human), "train_pairs": len(train_pairs),
+               "eval_pairs": len(eval_pairs),
                "trajectories": len(used), "steps": result.steps, "train_accuracy": round(train_accuracy, 4),
                "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), **{
                    k: v for k, v in result.last.items() if k.startswith("eval_")}}

@@ -15,8 +15,10 @@ its ``scores`` (``success``, ``tests_passed``, ``clip``, ``design``, ``rating``)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
+import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,15 +26,14 @@ from pathlib import Path
 
 from simulators.domain import Episode
 from simulators.humans import agent_messages
-from simulators.preferences import PreferencePair, preference_pairs
+from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
-from simulators.tasks import TaskFileError, load_episodes
+from simulators.tasks import TaskFileError, jsonl_rows, load_episodes
 
 REWARD_KEYS = ("reward", "success", "tests_passed", "clip", "design", "rating")
 PAIRING_RULES = ("auto", "success", "threshold")
 # How the reference scripts show c to the critic: a sentence before the interaction.
 PRIVILEGED_TEMPLATE = "In light that the final answer is: {c}.\n"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass
@@ -49,17 +50,31 @@ class DataOptions:
         "help": "auto | success (best successful trajectory over lower-reward ones) | threshold "
                 "(reward gap >= min_reward_gap); auto = success for backend, threshold for frontend"})
     min_reward_gap: float = field(default=0.1, metadata={"help": "threshold pairing: least reward difference"})
+    preferences: str = field(default="", metadata={
+        "help": "turn-level human preference pairs besides those in --data's session databases: JSONL rows "
+                "with prompt, chosen, rejected (and privileged, the task's c); several, separated by commas"})
 
 
 # -- episodes --------------------------------------------------------------------------------------
 
 
 def is_session_db(path: str | Path) -> bool:
+    """Whether ``path`` is an SQLite database (else a JSONL file), asked of SQLite itself.
+
+    Never by reading the file's header with ``open``: closing any descriptor of a database file
+    drops every POSIX lock this process holds on it, and then another process closing its last
+    connection deletes the write-ahead log that the app is still writing to (its new sessions
+    would be lost). SQLite's own opens share the process's descriptors and locks safely.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return False
-    with open(path, "rb") as fh:
-        return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+        return True
+    except sqlite3.DatabaseError:
+        return False
 
 
 def read_episodes(sources: str, kind: str = "") -> list[Episode]:
@@ -67,7 +82,7 @@ def read_episodes(sources: str, kind: str = "") -> list[Episode]:
     if not sources.strip():
         raise TaskFileError("no training data given: pass --data DB_OR_JSONL")
     episodes: list[Episode] = []
-    for source in [s.strip() for s in sources.split(",") if s.strip()]:
+    for source in _sources(sources):
         if is_session_db(source):
             episodes.extend(SessionStore(source).episodes(limit=10**9))
         else:
@@ -78,13 +93,45 @@ def read_episodes(sources: str, kind: str = "") -> list[Episode]:
     return [e for e in episodes if not kind or e.task.kind == kind]
 
 
-def human_preference_pairs(sources: str) -> list[PreferencePair]:
-    """Turn-level pairs from what people did in the app (edits, regenerations, votes), every database."""
-    pairs: list[PreferencePair] = []
-    for source in [s.strip() for s in sources.split(",") if s.strip()]:
+def human_preference_pairs(data: str, preferences: str = "") -> list[dict]:
+    """Turn-level pairs people made in the app (edits, liked regenerations, votes).
+
+    Rows ``{prompt, chosen, rejected, source, task_id, privileged}`` (``privileged``: the task's c,
+    for the critic) from every session database in ``data`` and every preference JSONL file in
+    ``preferences`` (comma-separated; rows with at least prompt, chosen and rejected, as the Train
+    tab snapshots them or ``collab_app export --format trl`` writes them).
+    """
+    rows: list[dict] = []
+    for source in _sources(data):
         if is_session_db(source):
-            pairs.extend(preference_pairs(SessionStore(source)))
-    return pairs
+            rows += store_preference_rows(SessionStore(source))
+    for path in _sources(preferences):
+        if not Path(path).is_file():
+            raise TaskFileError(f"{path}: no such file")
+        for lineno, row, error in jsonl_rows(Path(path)):
+            fields = ("prompt", "chosen", "rejected")
+            if error is None and not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in fields)):
+                error = "a preference row needs the strings prompt, chosen and rejected"
+            if error is not None:
+                raise TaskFileError(f"{path}:{lineno}: {error}")
+            rows.append({"source": "file", "task_id": "", "privileged": "", **row})
+    return rows
+
+
+def store_preference_rows(store: SessionStore) -> list[dict]:
+    """The turn-level pairs of one session store as preference rows, each with its task's c."""
+    rows, tasks = [], {}
+    for pair in preference_pairs(store):
+        if pair.session_id not in tasks:
+            tasks[pair.session_id] = store.episode(pair.session_id).task
+        task = tasks[pair.session_id]
+        rows.append({**pair.to_trl(), "source": pair.source, "task_id": task.id,
+                     "privileged": task.privileged_information})
+    return rows
+
+
+def _sources(paths: str) -> list[str]:
+    return [p.strip() for p in paths.split(",") if p.strip()]
 
 
 def data_snapshot(sources: str, episodes: Sequence[Episode]) -> dict:
@@ -279,6 +326,20 @@ def dialogue_tokens(
     dialogue_ids, token_turn = dialogue_ids[-keep:], token_turn[-keep:]
     return DialogueTokens(input_ids=prefix + dialogue_ids, token_turn=[-1] * len(prefix) + token_turn,
                           num_turns=len(agent))
+
+
+def action_tokens(
+    tokenizer, privileged: str | None, prompt: str, action: str, *, max_length: int = 4096,
+    max_privileged_tokens: int = 1024,
+) -> DialogueTokens:
+    """The critic's view of one action a after the prompt o_t: [c] + o_t + a, a being its one
+    scored turn (a turn-level preference pair is two such one-turn trajectories).
+    ``privileged=None`` leaves c out; o_t loses its oldest tokens when the whole does not fit."""
+    prefix = encode(tokenizer, privileged_prefix(privileged))[:max_privileged_tokens] if privileged is not None else []
+    context, act = encode(tokenizer, prompt), encode(tokenizer, action)
+    keep = max(max_length - len(prefix), 1)
+    ids, turns = (context + act)[-keep:], ([-1] * len(context) + [0] * len(act))[-keep:]
+    return DialogueTokens(input_ids=prefix + ids, token_turn=[-1] * len(prefix) + turns, num_turns=1)
 
 
 def prompt_completion_tokens(

@@ -61,7 +61,10 @@ class TrainOptions:
     max_length: int = field(default=4096, metadata={"help": "longest training sequence, in tokens"})
     gradient_checkpointing: bool = field(default=True, metadata={
         "help": "recompute each layer's activations in the backward pass: memory per token falls ~10x "
-                "for ~30%% more compute (--no-gradient-checkpointing for short sequences)"})
+                "for ~30-50%% more compute (see --checkpoint-min-tokens)"})
+    checkpoint_min_tokens: int = field(default=2048, metadata={
+        "help": "with --gradient-checkpointing, only micro-batches of at least this many tokens (padding "
+                "included) recompute; shorter ones fit in memory anyway and run faster (0 = every one)"})
     save_steps: int = field(default=50, metadata={"help": "write a resumable checkpoint every N optimiser steps"})
     eval_steps: int = field(default=25, metadata={"help": "evaluate every N optimiser steps (and at the end)"})
     resume: bool = field(default=True, metadata={"help": "continue from the checkpoint in --out when there is one"})
@@ -143,7 +146,28 @@ def load_lora_model(spec: str, options: TrainOptions, *, device: torch.device, t
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_long_inputs(model, options.checkpoint_min_tokens)
     return model.to(device), load_tokenizer(source)
+
+
+def checkpoint_long_inputs(model: torch.nn.Module, min_tokens: int) -> None:
+    """Keep gradient checkpointing for inputs of at least ``min_tokens`` tokens only.
+
+    Memory grows with the tokens of a micro-batch; a short one fits without recomputing every
+    layer in the backward pass. A pre-hook on the decoder switches the layers' flag per forward.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def switch(module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
+        tokens = ids.numel() if ids is not None else kwargs["inputs_embeds"].shape[:2].numel()
+        for layer in layers:
+            layer.gradient_checkpointing = tokens >= min_tokens
+
+    causal_lm.get_decoder().register_forward_pre_hook(switch, with_kwargs=True)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -211,6 +235,66 @@ def _plain_linear_head(causal_lm: torch.nn.Module, head: torch.nn.Module | None)
     return isinstance(head, torch.nn.Linear) and hasattr(causal_lm, "get_decoder") and not scaled
 
 
+SHARED_PREFIX_MIN_TOKENS = 64  # below this, forwarding an opening once is not worth a second pass
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``sequences`` share."""
+    first, length = sequences[0], min(len(s) for s in sequences)
+    for other in sequences[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return length
+
+
+@torch.no_grad()
+def shared_prefix_logprobs(
+    lm: torch.nn.Module, sequences: Sequence[Sequence[int]], targets: Sequence[Sequence[bool]], pad_id: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """``masked_token_logprobs`` of several sequences (no gradients), their common opening forwarded once.
+
+    The trajectories of one task open alike (c, the system prompt, the problem statement): that
+    opening is run once, its key/value cache is shared by the rest of every sequence. The result is
+    flat, in the same order as ``masked_token_logprobs`` over the right-padded batch.
+    """
+    common = min(common_prefix_length(sequences), min(len(s) for s in sequences) - 1)
+    if len(sequences) < 2 or common < SHARED_PREFIX_MIN_TOKENS:
+        return masked_token_logprobs(lm, *collate(sequences, targets, pad_id, device))
+    scored = [[i for i, t in enumerate(target) if t and i > 0] for target in targets]  # token 0: nothing predicts it
+    # The opening: logits at the positions p < common that predict a scored token p + 1 of some sequence.
+    positions = sorted({i - 1 for indices in scored for i in indices if i - 1 < common})
+    keep = torch.zeros(1, common, dtype=torch.bool, device=device)
+    keep[0, positions] = True
+    opening = lm(input_ids=torch.tensor([list(sequences[0][:common])], device=device), use_cache=True,
+                 logits_to_keep=keep)
+    opening_logits = opening.logits
+    opening_logp = torch.log_softmax(opening_logits.reshape(-1, opening_logits.shape[-1]).float(), dim=-1)  # [positions, vocab]
+    row_of = {p: r for r, p in enumerate(positions)}
+    # The rest of every sequence, batched after the shared cache.
+    cache = opening.cache
+    cache.batch_repeat_interleave(len(sequences))
+    rests = [list(s[common:]) for s in sequences]
+    scored_sets = [set(indices) for indices in scored]
+    rest_targets = [[i + 1 in wanted for i in range(common, len(s))] for s, wanted in zip(sequences, scored_sets)]
+    ids, mask, predicts = collate(rests, rest_targets, pad_id, device)
+    # (collate never keeps a sequence's first position; here the first position has a past)
+    predicts[:, 0] = torch.tensor([t[0] for t in rest_targets], dtype=torch.bool, device=device)
+    attention = torch.cat([torch.ones(len(rests), common, dtype=mask.dtype, device=device), mask], dim=1)
+    logits = lm(input_ids=ids, attention_mask=attention, cache=cache, logits_to_keep=predicts).logits
+    rest_logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
+    pieces, row = [], 0
+    for sequence, indices in zip(sequences, scored):
+        values = []
+        for i in indices:
+            if i - 1 < common:
+                values.append(opening_logp[row_of[i - 1], sequence[i]])
+            else:
+                values.append(rest_logp[row, sequence[i]])
+                row += 1
+        pieces.append(torch.stack(values) if values else rest_logp.new_zeros(0))
+    return torch.cat(pieces)
+
+
 class TokenScorer(torch.nn.Module):
     """What a trainer optimises (and ``accelerate`` wraps): a LoRA causal LM whose forward gives
     log π(x_i | x_<i) at the target positions (see ``masked_token_logprobs``)."""
@@ -257,18 +341,17 @@ class ReferenceLogprobs:
         todo = list({key: (key, ids, target) for key, ids, target in items if key not in self.table}.values())
         if not todo:
             return
+        todo.sort(key=lambda item: item[1])  # sequences that open alike (one task's trajectories) side by side
         peft_model = unwrap(model)
         was_training = peft_model.training
         peft_model.eval()
         device = next(peft_model.parameters()).device
         reference = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with reference:
-            for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs", disable=not progress):
-                chunk = todo[start:start + batch_size]
-                input_ids, attention_mask, target_mask = collate(
-                    [ids for _, ids, _ in chunk], [t for _, _, t in chunk], pad_id, device)
-                flat = masked_token_logprobs(peft_model, input_ids, attention_mask, target_mask).cpu()
-                counts = target_mask.sum(dim=1).tolist()
+            for chunk in tqdm(_prefix_chunks(todo, batch_size), desc="reference log-probs", disable=not progress):
+                flat = shared_prefix_logprobs(peft_model, [ids for _, ids, _ in chunk], [t for _, _, t in chunk],
+                                              pad_id, device).cpu()
+                counts = [sum(1 for i, t in enumerate(target) if t and i > 0) for _, _, target in chunk]
                 for (key, _, _), values in zip(chunk, torch.split(flat, counts)):
                     self.table[key] = values.clone()
         peft_model.train(was_training)
@@ -277,6 +360,21 @@ class ReferenceLogprobs:
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             torch.save(self.table, tmp)
             os.replace(tmp, self.path)
+
+
+def _prefix_chunks(items: list, batch_size: int) -> list[list]:
+    """Consecutive items (sorted by token ids) in chunks of at most ``batch_size``; a chunk also ends
+    where the next item would leave it less than ``SHARED_PREFIX_MIN_TOKENS`` common opening tokens."""
+    chunks: list[list] = []
+    for item in items:
+        chunk = chunks[-1] if chunks else None
+        # Sorted, so the opening a chunk shares is the one its first and last items share.
+        if chunk is None or len(chunk) == batch_size or \
+                common_prefix_length([chunk[0][1], item[1]]) < SHARED_PREFIX_MIN_TOKENS:
+            chunks.append([item])
+        else:
+            chunk.append(item)
+    return chunks
 
 
 # -- the optimisation loop -------------------------------------------------------------------------

@@ -61,7 +61,10 @@ class LoopConfig(DataOptions):
     best_of_n: int = field(default=16, metadata={"help": "actor: candidates per turn"})
     pairs_per_turn: int = field(default=4, metadata={"help": "actor: pairs drawn per turn"})
     max_new_tokens: int = field(default=512, metadata={"help": "actor: longest candidate, in tokens"})
-    human_pairs: bool = field(default=True, metadata={"help": "actor: add the app's human preference pairs"})
+    human_pairs: bool = field(default=True, metadata={
+        "help": "actor: add people's turn-level preference pairs (session databases in --data, --preferences)"})
+    critic_human_pairs: bool = field(default=False, metadata={
+        "help": "critic: also learn from people's turn-level preference pairs"})
     # both
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (critic and actor)"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (critic and actor)"})
@@ -113,7 +116,7 @@ def run_loop(config: LoopConfig) -> dict:
 def train_stages(config: LoopConfig, episodes, base: str, actor_spec: str, out: Path) -> dict:
     """The training part of the iteration; returns each stage's summary (``actor`` has the adapter)."""
     shared = dict(data=config.data, kind=config.kind, reward_key=config.reward_key, pairing=config.pairing,
-                  min_reward_gap=config.min_reward_gap, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                  min_reward_gap=config.min_reward_gap, preferences=config.preferences, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                   gradient_accumulation_steps=config.gradient_accumulation_steps, max_length=config.max_length,
                   seed=config.seed, resume=config.resume, progress=config.progress)
     actor_out = str(out / "actor")
@@ -125,7 +128,8 @@ def train_stages(config: LoopConfig, episodes, base: str, actor_spec: str, out: 
                                                  learning_rate=config.actor_learning_rate, beta=config.actor_beta),
                                      episodes)}
     critic_config = CriticConfig(**shared, model=base, out=str(out / "critic"), epochs=config.critic_epochs,
-                                 learning_rate=config.critic_learning_rate, beta=config.critic_beta)
+                                 learning_rate=config.critic_learning_rate, beta=config.critic_beta,
+                                 human_pairs=config.critic_human_pairs)
     critic_summary = train_critic(critic_config, episodes)
     actor_config = ActorConfig(**shared, model=actor_spec, out=actor_out, critic=str(out / "critic"),
                                epochs=config.actor_epochs, learning_rate=config.actor_learning_rate,
