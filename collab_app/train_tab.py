@@ -68,6 +68,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
             best_of_n = gr.Slider(2, 16, value=4, step=1, label="Best-of-N candidates per turn (SWEET)")
             critic_epochs = gr.Slider(1, 8, value=2, step=1, label="Critic epochs (SWEET)")
             eval_limit = gr.Slider(1, 50, value=4, step=1, label="Held-out evaluation tasks")
+            eval_rounds = gr.Slider(1, 10, value=3, step=1, label="Rounds per evaluation episode")
             max_new_tokens = gr.Slider(32, 1024, value=128, step=32, label="Longest agent turn (tokens)")
         with gr.Column():
             gr.Markdown("#### Promotion")
@@ -104,13 +105,14 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
     outputs = [status, evaluation, curves, log, versions, rollback_to]
 
     def start(kind_v, mode_v, since_v, min_v, algo, n, epochs, limit, tokens, auto, margin_v, every,
-              actor_pairs_v, critic_pairs_v):
+              actor_pairs_v, critic_pairs_v, eval_rounds_v):
         request = TrainRequest(algorithm=algo, kind="" if kind_v == ANY else kind_v,
                                mode="" if mode_v == ANY else mode_v, since_days=float(since_v or 0),
                                min_sessions=int(min_v or 1), best_of_n=int(n), critic_epochs=int(epochs),
                                eval_limit=int(limit), max_new_tokens=int(tokens),
                                promote_margin=float(margin_v or 0) if auto else None,
-                               actor_human_pairs=bool(actor_pairs_v), critic_human_pairs=bool(critic_pairs_v))
+                               actor_human_pairs=bool(actor_pairs_v), critic_human_pairs=bool(critic_pairs_v),
+                               eval_max_rounds=int(eval_rounds_v))
         ctx.training.set_continuous(int(every or 0))
         try:
             ctx.training.start(request)
@@ -150,7 +152,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         return refresh()
 
     settings = [kind, mode, since, minimum, algorithm, best_of_n, critic_epochs, eval_limit, max_new_tokens,
-                auto_promote, margin, continuous, actor_pairs, critic_pairs]
+                auto_promote, margin, continuous, actor_pairs, critic_pairs, eval_rounds]
     # Named API endpoints: scripts (and the tests) drive training from gradio_client as the tab does.
     start_btn.click(start, settings, outputs, api_name="train_start")
     cancel_btn.click(cancel, None, outputs, api_name="train_cancel")

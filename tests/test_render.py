@@ -147,7 +147,7 @@ def test_fast_paths_give_the_same_pixels_as_a_plain_navigation(renderer):
 @pytest.mark.slow
 def test_fast_paths_match_navigation_on_colbench_pages(renderer):
     path = Path(__file__).resolve().parents[2] / "shared" / "colbench" / "frontend_dev.jsonl"
-    tasks = load_tasks(path, kind="frontend").items[:80] if path.is_file() else load_sample_tasks("frontend")
+    tasks = load_tasks(path, kind="frontend").items[:40] if path.is_file() else load_sample_tasks("frontend")
     pages = [task.ground_truth for task in tasks]
     fast = renderer.render_many(pages)
     with Renderer(tailwind_subset=False) as whole:

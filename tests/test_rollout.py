@@ -83,7 +83,7 @@ def test_default_model_frontend_rollout_renders_every_page_and_scores(tmp_path):
     rollout = subprocess.run(
         [sys.executable, "-m", "simulators", "rollout", "--tasks", "samples", "--kind", "frontend", "--limit", "3",
          "--agent", "default", "--simulator", "default", "--out", str(out), "--max-rounds", "2",
-         "--agent-max-new-tokens", "160", "--simulator-max-new-tokens", "32", "--batch-size", "3"],
+         "--agent-max-new-tokens", "128", "--simulator-max-new-tokens", "32", "--batch-size", "3"],
         cwd=REPO, capture_output=True, text=True, timeout=1400)
     assert rollout.returncode == 0, rollout.stderr[-3000:]
     episodes = load_episodes(out).items

@@ -35,8 +35,8 @@ TASKS = [
 ]
 # Train tab settings, in the order of its inputs: kind, mode, since days, minimum sessions, algorithm,
 # best-of-N, critic epochs, held-out tasks, longest agent turn, auto-promote, margin, continuous,
-# human pairs for the actor, for the critic.
-SETTINGS = ["any", "any", 0, 4, "sweet", 2, 1, 1, 32, False, 0.0, 0, True, True]
+# human pairs for the actor, for the critic, rounds per evaluation episode.
+SETTINGS = ["any", "any", 0, 4, "sweet", 2, 1, 1, 32, False, 0.0, 0, True, True, 1]
 
 
 def log_sessions(db, tokenizer) -> None:

@@ -54,6 +54,7 @@ from training.engine import (
     make_accelerator,
     model_source,
     save_config,
+    shared_prefix_logprobs,
     train_loop,
     unwrap,
 )
@@ -287,35 +288,21 @@ def load_critic(directory: str | Path, device: torch.device | None = None) -> Cr
     return Critic(model, load_tokenizer(source), settings)
 
 
-@torch.no_grad()
 def continuation_logprobs(
     model: nn.Module, prefix_ids: list[int], continuations: Sequence[list[int]], chunk_size: int = 4,
 ) -> list[torch.Tensor]:
-    """log π(token) of every token of each continuation after a shared prefix.
+    """log π(token) of every token of each continuation after a shared prefix (c and o_t).
 
-    The prefix is forwarded once; its key/value cache is copied and expanded for each chunk of
-    continuations, so N candidates cost one prefix plus N continuations, not N prefixes.
+    The prefix is forwarded once; its key/value cache serves every continuation, ``chunk_size``
+    at a time (``shared_prefix_logprobs``): N candidates cost one prefix plus N continuations.
     """
+    if not prefix_ids:
+        raise ValueError("continuations need a prefix (the prompt) to be scored after")
+    sequences = [list(prefix_ids) + list(c) for c in continuations]
+    targets = [[False] * len(prefix_ids) + [True] * len(c) for c in continuations]
     device = next(model.parameters()).device
-    prefix = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True, logits_to_keep=1)
-    first_logp = torch.log_softmax(prefix.logits[0, -1].float(), dim=-1)
-    results: list[torch.Tensor] = []
-    for start in range(0, len(continuations), chunk_size):
-        chunk = continuations[start:start + chunk_size]
-        if max(len(c) for c in chunk) <= 1:  # nothing beyond the first token: no second pass needed
-            results += [first_logp[c[:1]].cpu() for c in chunk]
-            continue
-        cache = copy.deepcopy(prefix.cache)
-        cache.batch_repeat_interleave(len(chunk))
-        ids, mask, target = collate([c or [0] for c in chunk], [[True] * len(c) for c in chunk], 0, device)
-        attention = torch.cat([torch.ones(len(chunk), len(prefix_ids), dtype=mask.dtype, device=device), mask], 1)
-        predicts = torch.zeros_like(target)
-        predicts[:, :-1] = target[:, 1:]
-        logits = model(input_ids=ids, attention_mask=attention, cache=cache, logits_to_keep=predicts).logits
-        rest = sweet.token_logprobs(logits.reshape(-1, logits.shape[-1]), ids[:, 1:][target[:, 1:]])
-        for c, tail in zip(chunk, torch.split(rest.cpu(), [max(len(c) - 1, 0) for c in chunk])):
-            results.append(torch.cat([first_logp[c[:1]].cpu(), tail]) if c else torch.zeros(0))
-    return results
+    flat = shared_prefix_logprobs(model, sequences, targets, 0, device, chunk_size).cpu()
+    return list(torch.split(flat, [len(c) for c in continuations]))
 
 
 def _agent_mask(sequence: DialogueTokens) -> list[bool]:

@@ -11,6 +11,7 @@ the last micro-batch of each accumulation window only; on one CPU the same code 
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import functools
 import hashlib
@@ -249,17 +250,22 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 @torch.no_grad()
 def shared_prefix_logprobs(
     lm: torch.nn.Module, sequences: Sequence[Sequence[int]], targets: Sequence[Sequence[bool]], pad_id: int,
-    device: torch.device,
+    device: torch.device, chunk_size: int = 4,
 ) -> torch.Tensor:
     """``masked_token_logprobs`` of several sequences (no gradients), their common opening forwarded once.
 
-    The trajectories of one task open alike (c, the system prompt, the problem statement): that
-    opening is run once, its key/value cache is shared by the rest of every sequence. The result is
-    flat, in the same order as ``masked_token_logprobs`` over the right-padded batch.
+    The trajectories of one task open alike (c, the system prompt, the problem statement), and so
+    do the candidate actions of one turn (c and o_t): that opening is run once and its key/value
+    cache is shared by the rest of every sequence, ``chunk_size`` sequences at a time (the logits
+    of a chunk's scored positions are the largest tensors here). The result is flat, in the same
+    order as ``masked_token_logprobs`` over the right-padded batch.
     """
     common = min(common_prefix_length(sequences), min(len(s) for s in sequences) - 1)
     if len(sequences) < 2 or common < SHARED_PREFIX_MIN_TOKENS:
-        return masked_token_logprobs(lm, *collate(sequences, targets, pad_id, device))
+        pieces = [masked_token_logprobs(lm, *collate(sequences[i:i + chunk_size], targets[i:i + chunk_size],
+                                                     pad_id, device))
+                  for i in range(0, len(sequences), chunk_size)]
+        return torch.cat(pieces)
     scored = [[i for i, t in enumerate(target) if t and i > 0] for target in targets]  # token 0: nothing predicts it
     # The opening: logits at the positions p < common that predict a scored token p + 1 of some sequence.
     positions = sorted({i - 1 for indices in scored for i in indices if i - 1 < common})
@@ -268,30 +274,32 @@ def shared_prefix_logprobs(
     opening = lm(input_ids=torch.tensor([list(sequences[0][:common])], device=device), use_cache=True,
                  logits_to_keep=keep)
     opening_logits = opening.logits
-    opening_logp = torch.log_softmax(opening_logits.reshape(-1, opening_logits.shape[-1]).float(), dim=-1)  # [positions, vocab]
+    opening_logp = torch.log_softmax(opening_logits.reshape(-1, opening_logits.shape[-1]).float(), dim=-1)
     row_of = {p: r for r, p in enumerate(positions)}
-    # The rest of every sequence, batched after the shared cache.
-    cache = opening.cache
-    cache.batch_repeat_interleave(len(sequences))
-    rests = [list(s[common:]) for s in sequences]
-    scored_sets = [set(indices) for indices in scored]
-    rest_targets = [[i + 1 in wanted for i in range(common, len(s))] for s, wanted in zip(sequences, scored_sets)]
-    ids, mask, predicts = collate(rests, rest_targets, pad_id, device)
-    # (collate never keeps a sequence's first position; here the first position has a past)
-    predicts[:, 0] = torch.tensor([t[0] for t in rest_targets], dtype=torch.bool, device=device)
-    attention = torch.cat([torch.ones(len(rests), common, dtype=mask.dtype, device=device), mask], dim=1)
-    logits = lm(input_ids=ids, attention_mask=attention, cache=cache, logits_to_keep=predicts).logits
-    rest_logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
-    pieces, row = [], 0
-    for sequence, indices in zip(sequences, scored):
-        values = []
-        for i in indices:
-            if i - 1 < common:
-                values.append(opening_logp[row_of[i - 1], sequence[i]])
-            else:
-                values.append(rest_logp[row, sequence[i]])
-                row += 1
-        pieces.append(torch.stack(values) if values else rest_logp.new_zeros(0))
+    pieces = []
+    for start in range(0, len(sequences), chunk_size):
+        chunk = range(start, min(start + chunk_size, len(sequences)))
+        # The rest of each sequence, batched after a copy of the opening's cache.
+        cache = copy.deepcopy(opening.cache) if len(sequences) > chunk_size else opening.cache
+        cache.batch_repeat_interleave(len(chunk))
+        wanted = [set(scored[b]) for b in chunk]
+        rest_targets = [[i + 1 in w for i in range(common, len(sequences[b]))] for b, w in zip(chunk, wanted)]
+        ids, mask, predicts = collate([list(sequences[b][common:]) for b in chunk], rest_targets, pad_id, device)
+        # (collate never keeps a sequence's first position; here the first position has a past)
+        predicts[:, 0] = torch.tensor([t[0] for t in rest_targets], dtype=torch.bool, device=device)
+        attention = torch.cat([torch.ones(len(chunk), common, dtype=mask.dtype, device=device), mask], dim=1)
+        logits = lm(input_ids=ids, attention_mask=attention, cache=cache, logits_to_keep=predicts).logits
+        rest_logp = torch.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
+        row = 0
+        for b in chunk:
+            values = []
+            for i in scored[b]:
+                if i - 1 < common:
+                    values.append(opening_logp[row_of[i - 1], sequences[b][i]])
+                else:
+                    values.append(rest_logp[row, sequences[b][i]])
+                    row += 1
+            pieces.append(torch.stack(values) if values else rest_logp.new_zeros(0))
     return torch.cat(pieces)
 
 
