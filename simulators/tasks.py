@@ -153,6 +153,11 @@ def load_sample_tasks(kind: TaskKind | None = None) -> list[Task]:
     return tasks
 
 
+def split_paths(paths: str) -> list[str]:
+    """A comma-separated list of paths, as the commands take them (blanks dropped)."""
+    return [p.strip() for p in paths.split(",") if p.strip()]
+
+
 def read_task_file(paths: str, kind: str = "", limit: int = 0) -> list[Task]:
     """The tasks a command was pointed at: task files (comma-separated), ``samples`` for our own.
 
@@ -160,7 +165,7 @@ def read_task_file(paths: str, kind: str = "", limit: int = 0) -> list[Task]:
     ``limit`` the first N tasks (0 = all).
     """
     tasks: list[Task] = []
-    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+    for path in split_paths(paths):
         if path == "samples":
             tasks += load_sample_tasks()
             continue

@@ -28,7 +28,7 @@ from simulators.domain import Episode
 from simulators.humans import agent_messages
 from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
-from simulators.tasks import TaskFileError, jsonl_rows, load_episodes
+from simulators.tasks import TaskFileError, jsonl_rows, load_episodes, split_paths
 
 REWARD_KEYS = ("reward", "success", "tests_passed", "clip", "design", "rating")
 PAIRING_RULES = ("auto", "success", "threshold")
@@ -82,7 +82,7 @@ def read_episodes(sources: str, kind: str = "") -> list[Episode]:
     if not sources.strip():
         raise TaskFileError("no training data given: pass --data DB_OR_JSONL")
     episodes: list[Episode] = []
-    for source in _sources(sources):
+    for source in split_paths(sources):
         if is_session_db(source):
             episodes.extend(SessionStore(source).episodes(limit=10**9))
         else:
@@ -102,10 +102,10 @@ def human_preference_pairs(data: str, preferences: str = "") -> list[dict]:
     tab snapshots them or ``collab_app export --format trl`` writes them).
     """
     rows: list[dict] = []
-    for source in _sources(data):
+    for source in split_paths(data):
         if is_session_db(source):
             rows += store_preference_rows(SessionStore(source))
-    for path in _sources(preferences):
+    for path in split_paths(preferences):
         if not Path(path).is_file():
             raise TaskFileError(f"{path}: no such file")
         for lineno, row, error in jsonl_rows(Path(path)):
@@ -128,10 +128,6 @@ def store_preference_rows(store: SessionStore) -> list[dict]:
         rows.append({**pair.to_trl(), "source": pair.source, "task_id": task.id,
                      "privileged": task.privileged_information})
     return rows
-
-
-def _sources(paths: str) -> list[str]:
-    return [p.strip() for p in paths.split(",") if p.strip()]
 
 
 def data_snapshot(sources: str, episodes: Sequence[Episode]) -> dict:
