@@ -149,7 +149,8 @@ def test_trajectories_that_open_alike_share_one_forward_of_their_opening(critic)
     cpu = torch.device("cpu")
     with torch.no_grad():
         for targets in (masks, no_scored_opening):
-            shared = shared_prefix_logprobs(critic.lm, sequences, targets, 0, cpu)
+            shared = shared_prefix_logprobs(critic.lm, sequences, targets, 0, cpu)  # one tensor per sequence
             full = masked_token_logprobs(critic.lm, *collate(sequences, targets, 0, cpu))
-            assert shared.tolist() == pytest.approx(full.tolist(), abs=1e-4)
+            assert [len(values) for values in shared] == [sum(t[1:]) for t in targets]
+            assert torch.cat(shared).tolist() == pytest.approx(full.tolist(), abs=1e-4)
     assert common_prefix_length(sequences) == 80 + (sequences[0][80] == sequences[1][80] == sequences[2][80])

@@ -301,8 +301,7 @@ def continuation_logprobs(
     sequences = [list(prefix_ids) + list(c) for c in continuations]
     targets = [[False] * len(prefix_ids) + [True] * len(c) for c in continuations]
     device = next(model.parameters()).device
-    flat = shared_prefix_logprobs(model, sequences, targets, 0, device, chunk_size).cpu()
-    return list(torch.split(flat, [len(c) for c in continuations]))
+    return [logp.cpu() for logp in shared_prefix_logprobs(model, sequences, targets, 0, device, chunk_size)]
 
 
 def _agent_mask(sequence: DialogueTokens) -> list[bool]:

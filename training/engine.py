@@ -251,22 +251,22 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 def shared_prefix_logprobs(
     lm: torch.nn.Module, sequences: Sequence[Sequence[int]], targets: Sequence[Sequence[bool]], pad_id: int,
     device: torch.device, chunk_size: int = 4,
-) -> torch.Tensor:
+) -> list[torch.Tensor]:
     """``masked_token_logprobs`` of several sequences (no gradients), their common opening forwarded once.
 
     The trajectories of one task open alike (c, the system prompt, the problem statement), and so
     do the candidate actions of one turn (c and o_t): that opening is run once and its key/value
     cache is shared by the rest of every sequence, ``chunk_size`` sequences at a time (the logits
-    of a chunk's scored positions are the largest tensors here). The result is flat, in the same
-    order as ``masked_token_logprobs`` over the right-padded batch.
+    of a chunk's scored positions are the largest tensors here). Returns one tensor per sequence:
+    the log-probs of its scored tokens, in order (token 0 is never scored: nothing predicts it).
     """
+    scored = [[i for i, t in enumerate(target) if t and i > 0] for target in targets]
     common = min(common_prefix_length(sequences), min(len(s) for s in sequences) - 1)
     if len(sequences) < 2 or common < SHARED_PREFIX_MIN_TOKENS:
-        pieces = [masked_token_logprobs(lm, *collate(sequences[i:i + chunk_size], targets[i:i + chunk_size],
-                                                     pad_id, device))
-                  for i in range(0, len(sequences), chunk_size)]
-        return torch.cat(pieces)
-    scored = [[i for i, t in enumerate(target) if t and i > 0] for target in targets]  # token 0: nothing predicts it
+        flat = torch.cat([masked_token_logprobs(lm, *collate(sequences[i:i + chunk_size], targets[i:i + chunk_size],
+                                                             pad_id, device))
+                          for i in range(0, len(sequences), chunk_size)])
+        return list(torch.split(flat, [len(indices) for indices in scored]))
     # The opening: logits at the positions p < common that predict a scored token p + 1 of some sequence.
     positions = sorted({i - 1 for indices in scored for i in indices if i - 1 < common})
     keep = torch.zeros(1, common, dtype=torch.bool, device=device)
@@ -300,7 +300,7 @@ def shared_prefix_logprobs(
                     values.append(rest_logp[row, sequences[b][i]])
                     row += 1
             pieces.append(torch.stack(values) if values else rest_logp.new_zeros(0))
-    return torch.cat(pieces)
+    return pieces
 
 
 class TokenScorer(torch.nn.Module):
@@ -357,11 +357,10 @@ class ReferenceLogprobs:
         reference = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with reference:
             for chunk in tqdm(_prefix_chunks(todo, batch_size), desc="reference log-probs", disable=not progress):
-                flat = shared_prefix_logprobs(peft_model, [ids for _, ids, _ in chunk], [t for _, _, t in chunk],
-                                              pad_id, device).cpu()
-                counts = [sum(1 for i, t in enumerate(target) if t and i > 0) for _, _, target in chunk]
-                for (key, _, _), values in zip(chunk, torch.split(flat, counts)):
-                    self.table[key] = values.clone()
+                values = shared_prefix_logprobs(peft_model, [ids for _, ids, _ in chunk], [t for _, _, t in chunk],
+                                                pad_id, device)
+                for (key, _, _), logp in zip(chunk, values):
+                    self.table[key] = logp.cpu().clone()
         peft_model.train(was_training)
         if self.path is not None:  # temp file + rename: processes of one run may save at the same time
             self.path.parent.mkdir(parents=True, exist_ok=True)
