@@ -52,24 +52,32 @@ def test_round_limit_and_resume_and_best_of_n(tmp_path, backend_tasks, tiny_mode
     assert len(stored) == 6 and len({(e.task.id, e.meta["sample"]) for e in stored}) == 6
 
 
+def simulators_cli(args: list[str], timeout: float) -> dict:
+    """``python -m simulators ARGS``, which must succeed; its last-line JSON summary."""
+    done = subprocess.run([sys.executable, "-m", "simulators", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def default_model_rollout(out: Path, kind: str, *, limit: int, agent_tokens: int, simulator_tokens: int) -> dict:
+    """The default model as agent and simulator on our first ``limit`` sample tasks of ``kind``, 2 rounds."""
+    return simulators_cli(["rollout", "--tasks", "samples", "--kind", kind, "--limit", str(limit), "--agent", "default",
+                           "--simulator", "default", "--out", str(out), "--max-rounds", "2", "--agent-max-new-tokens",
+                           str(agent_tokens), "--simulator-max-new-tokens", str(simulator_tokens),
+                           "--batch-size", str(limit)], timeout=1400)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_default_model_rollout_then_evaluate_from_the_command_line(tmp_path):
     """The issue's end-to-end check: the default model plays agent and simulator on 5 tasks (CPU)."""
     out = tmp_path / "rollouts.jsonl"
-    rollout = subprocess.run(
-        [sys.executable, "-m", "simulators", "rollout", "--tasks", "samples", "--kind", "backend", "--limit", "5",
-         "--agent", "default", "--simulator", "default", "--out", str(out), "--max-rounds", "2",
-         "--agent-max-new-tokens", "64", "--simulator-max-new-tokens", "24", "--batch-size", "5"],
-        cwd=REPO, capture_output=True, text=True, timeout=1400)
-    assert rollout.returncode == 0, rollout.stderr[-3000:]
+    default_model_rollout(out, "backend", limit=5, agent_tokens=64, simulator_tokens=24)
     episodes = load_episodes(out).items
     assert len(episodes) == 5 and all(e.agent_turns and e.answer is not None for e in episodes)
     assert all(e.turns[1].model == "smollm2-135m-instruct" and e.turns[1].content.strip() for e in episodes)
-    evaluate = subprocess.run([sys.executable, "-m", "simulators", "evaluate", str(out)], cwd=REPO,
-                              capture_output=True, text=True, timeout=300)
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    summary = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    summary = simulators_cli(["evaluate", str(out)], timeout=300)
     assert summary["n"] == 5 and 0.0 <= summary["tests_passed"] <= 1.0 and "success_rate" in summary
     assert all("tests_passed" in e.scores for e in load_episodes(out).items)
 
@@ -80,12 +88,7 @@ def test_default_model_frontend_rollout_renders_every_page_and_scores(tmp_path):
     """Frontend end to end on CPU: 3 sample tasks, the default model as designer and simulator; the
     simulator sees every non-final page rendered (text route), the final one is scored."""
     out = tmp_path / "frontend.jsonl"
-    rollout = subprocess.run(
-        [sys.executable, "-m", "simulators", "rollout", "--tasks", "samples", "--kind", "frontend", "--limit", "3",
-         "--agent", "default", "--simulator", "default", "--out", str(out), "--max-rounds", "2",
-         "--agent-max-new-tokens", "128", "--simulator-max-new-tokens", "32", "--batch-size", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=1400)
-    assert rollout.returncode == 0, rollout.stderr[-3000:]
+    default_model_rollout(out, "frontend", limit=3, agent_tokens=128, simulator_tokens=32)
     episodes = load_episodes(out).items
     assert len(episodes) == 3 and all(e.task.kind == "frontend" for e in episodes)
     for episode in episodes:
@@ -98,8 +101,5 @@ def test_default_model_frontend_rollout_renders_every_page_and_scores(tmp_path):
         assert "clip" not in episode.scores and episode.scores["clip_unavailable"]  # no weights offline
         if extract_html(episode.answer or "") is not None:
             assert "render_error" not in episode.scores
-    evaluate = subprocess.run([sys.executable, "-m", "simulators", "evaluate", str(out)], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
-    summary = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    summary = simulators_cli(["evaluate", str(out)], timeout=600)
     assert summary["n"] == 3 and 0.0 <= summary["design"] <= 1.0 and "clip" not in summary
