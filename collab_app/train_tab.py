@@ -8,27 +8,47 @@ from collab_app.context import AppContext
 from collab_app.models import version_rows
 from collab_app.training_jobs import TrainRequest
 from simulators.registry import ModelRegistry, RegistryError
+from training.stats import MIN_TASKS, PairedDifference
 
 ANY = "any"
-VERSION_COLUMNS = ["version", "current", "parent", "algorithm", "created", "new reward", "parent reward"]
+VERSION_COLUMNS = ["version", "current", "parent", "algorithm", "created", "new reward", "parent reward",
+                   "paired gain (95% CI)", "gate"]
+VERDICT_MARKS = {"promote": "✅", "underpowered": "⚠️", "no gain": "✖"}
 
 
 def evaluation_markdown(status: dict | None) -> str:
-    """The gate: the new version and its parent on the same held-out tasks, side by side."""
+    """The gate: the new version and its parent on the same held-out tasks and samples.
+
+    Leads with the gate's verdict and the paired difference with its 95% CI and n (what the
+    decision rests on); the two means follow, side by side.
+    """
     version = (status or {}).get("version")
     if not version:
         return ""
     evaluation = version.get("evaluation", {})
     new, parent = evaluation.get("new", {}), evaluation.get("parent", {})
     keys = sorted({k for k in (*new, *parent) if isinstance(new.get(k, parent.get(k)), (int, float))})
-    lines = [f"### Evaluation gate · {version.get('version')} vs its parent ({evaluation.get('tasks', '?')} tasks)",
-             "| metric | new | parent |", "|---|---|---|"]
+    lines = [f"### Evaluation gate · {version.get('version')} vs its parent ({evaluation.get('tasks', '?')} tasks)"]
+    decision = evaluation.get("gate")
+    if decision:
+        lines += [f"**{VERDICT_MARKS.get(decision['verdict'], '')} {decision['verdict']}** — {decision['reason']}", "",
+                  f"Paired {decision.get('metric', 'reward')} difference, new − parent (same task, same sample): "
+                  f"**{gain_with_ci(decision)}**", ""]
+    lines += ["| metric | new | parent |", "|---|---|---|"]
     lines += [f"| {k} | {_fmt(new.get(k))} | {_fmt(parent.get(k))} |" for k in keys]
     if "win_rate" in evaluation:
         lines.append(f"\nWin rate of the new version: **{_fmt(evaluation['win_rate'])}**")
     if version.get("promoted"):
         lines.append("\n✅ promoted: new sessions use it now")
+    elif decision and decision["promote"]:
+        lines.append("\nThe gate would promote it; automatic promotion was off (“Promote this version” applies it).")
     return "\n".join(lines)
+
+
+def gain_with_ci(decision: dict | None) -> str:
+    """``+0.125 (95% CI [-0.050, 0.300], n=16 over 8 tasks)`` from a stored gate decision; "–" without one."""
+    difference = (decision or {}).get("difference")
+    return PairedDifference(**difference).describe() if difference else "–"
 
 
 def _fmt(value) -> str:
@@ -67,13 +87,16 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
                                  value="sweet", label="Algorithm", elem_id="train-algorithm")
             best_of_n = gr.Slider(2, 16, value=4, step=1, label="Best-of-N candidates per turn (SWEET)")
             critic_epochs = gr.Slider(1, 8, value=2, step=1, label="Critic epochs (SWEET)")
-            eval_limit = gr.Slider(1, 50, value=4, step=1, label="Held-out evaluation tasks")
+            eval_limit = gr.Slider(1, 50, value=8, step=1,
+                                   label=f"Held-out evaluation tasks (the gate promotes on {MIN_TASKS} at least)")
             eval_rounds = gr.Slider(1, 10, value=3, step=1, label="Rounds per evaluation episode")
+            eval_samples = gr.Slider(1, 8, value=2, step=1, label="Evaluation episodes per task and model "
+                                     "(paired: same seeds for both)")
             max_new_tokens = gr.Slider(32, 1024, value=128, step=32, label="Longest agent turn (tokens)")
         with gr.Column():
             gr.Markdown("#### Promotion")
-            auto_promote = gr.Checkbox(value=False, label="Promote automatically when better")
-            margin = gr.Number(value=0.0, label="…by at least this much mean reward")
+            auto_promote = gr.Checkbox(value=False, label="Promote automatically when the gate says “promote”")
+            margin = gr.Number(value=0.0, label="…when the 95% CI of the paired reward gain lies above this")
             continuous = gr.Number(value=0, precision=0, minimum=0,
                                    label="Continuous mode: retrain after every N new scored sessions (0 = off)")
     with gr.Row():
@@ -95,9 +118,14 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
     def refresh():
         job = ctx.training.job
         state = job.status() if job else None
-        rows = [[r["version"], "✓" if r["current"] else "", r["parent"] or "", r["algorithm"] or "", r["created"],
-                 _fmt(r["metrics"].get("new", {}).get("reward")), _fmt(r["metrics"].get("parent", {}).get("reward"))]
-                for r in version_rows(registry)]
+        rows = []
+        for r in version_rows(registry):
+            evaluation = r["metrics"].get("evaluation", {})
+            decision = evaluation.get("gate")
+            rows.append([r["version"], "✓" if r["current"] else "", r["parent"] or "", r["algorithm"] or "",
+                         r["created"], _fmt(evaluation.get("new", {}).get("reward")),
+                         _fmt(evaluation.get("parent", {}).get("reward")), gain_with_ci(decision),
+                         decision["verdict"] if decision else "–"])
         choices = ["base"] + [r[0] for r in rows]
         return (status_markdown(state), evaluation_markdown(state), [str(p) for p in job.curves()] if job else [],
                 job.process_log_tail() if job else "", rows, gr.update(choices=choices))
@@ -105,14 +133,14 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
     outputs = [status, evaluation, curves, log, versions, rollback_to]
 
     def start(kind_v, mode_v, since_v, min_v, algo, n, epochs, limit, tokens, auto, margin_v, every,
-              actor_pairs_v, critic_pairs_v, eval_rounds_v):
+              actor_pairs_v, critic_pairs_v, eval_rounds_v, eval_samples_v):
         request = TrainRequest(algorithm=algo, kind="" if kind_v == ANY else kind_v,
                                mode="" if mode_v == ANY else mode_v, since_days=float(since_v or 0),
                                min_sessions=int(min_v or 1), best_of_n=int(n), critic_epochs=int(epochs),
                                eval_limit=int(limit), max_new_tokens=int(tokens),
                                promote_margin=float(margin_v or 0) if auto else None,
                                actor_human_pairs=bool(actor_pairs_v), critic_human_pairs=bool(critic_pairs_v),
-                               eval_max_rounds=int(eval_rounds_v))
+                               eval_max_rounds=int(eval_rounds_v), eval_samples=int(eval_samples_v))
         ctx.training.set_continuous(int(every or 0))
         try:
             ctx.training.start(request)
@@ -134,10 +162,14 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
 
     def promote():
         job = ctx.training.job
-        version = (job.status().get("version") or {}).get("version") if job else None
+        finished = (job.status().get("version") or {}) if job else {}
+        version = finished.get("version")
         if not version:
             raise gr.Error("No finished run with a new version to promote.")
         ctx.promote(version)
+        decision = finished.get("evaluation", {}).get("gate")
+        if decision and not decision["promote"]:  # a person may overrule the gate, but knowingly
+            gr.Warning(f"{version} promoted by hand against the gate's verdict: {decision['reason']}")
         gr.Info(f"{version} now serves new sessions.")
         return refresh()
 
@@ -152,7 +184,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         return refresh()
 
     settings = [kind, mode, since, minimum, algorithm, best_of_n, critic_epochs, eval_limit, max_new_tokens,
-                auto_promote, margin, continuous, actor_pairs, critic_pairs, eval_rounds]
+                auto_promote, margin, continuous, actor_pairs, critic_pairs, eval_rounds, eval_samples]
     # Named API endpoints: scripts (and the tests) drive training from gradio_client as the tab does.
     start_btn.click(start, settings, outputs, api_name="train_start")
     cancel_btn.click(cancel, None, outputs, api_name="train_cancel")

@@ -40,10 +40,11 @@ class TrainRequest:
     min_sessions: int = 4
     best_of_n: int = 4
     critic_epochs: int = 2
-    eval_limit: int = 4
+    eval_limit: int = 8  # the gate promotes on 6 tasks at least (training.stats.MIN_TASKS)
+    eval_samples: int = 2  # episodes per task and model: paired, sample k has the same seed on both sides
     eval_max_rounds: int = 3
     max_new_tokens: int = 128
-    promote_margin: float | None = None  # promote automatically when better by this much
+    promote_margin: float | None = None  # promote automatically when the gain's 95% CI lies above this
     actor_human_pairs: bool = True  # people's turn-level preferences train the actor (DPO pairs)
     critic_human_pairs: bool = False  # ... and supervise the critic
     extra_args: list[str] = field(default_factory=list)
@@ -92,6 +93,7 @@ class TrainingJob:
                    "--out", str(out),
                    "--algorithm", request.algorithm, "--best-of-n", str(request.best_of_n),
                    "--critic-epochs", str(request.critic_epochs), "--eval-limit", str(request.eval_limit),
+                   "--eval-samples", str(request.eval_samples),
                    "--eval-max-rounds", str(request.eval_max_rounds), "--max-new-tokens", str(request.max_new_tokens),
                    "--eval-max-new-tokens", str(request.max_new_tokens), "--base", base, "--simulator", simulator,
                    "--no-progress", *request.extra_args]

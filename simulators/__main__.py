@@ -21,7 +21,7 @@ def cmd_check_tasks(args: argparse.Namespace) -> int:
     from simulators.scoring import check_tasks
 
     report = load_tasks(args.file)
-    checks = check_tasks(report.items)
+    checks = check_tasks(report.items, args.scoring)
     for error in report.errors:
         print(f"MALFORMED {error}")
     for check in checks:
@@ -29,13 +29,16 @@ def cmd_check_tasks(args: argparse.Namespace) -> int:
             print(f"FAIL {check.task_id} ({check.source}): " + "; ".join(check.problems))
     ok = sum(c.ok for c in checks)
     total = len(checks) + len(report.errors)
-    print(json.dumps({"file": args.file, "tasks": total, "ok": ok, "failed": total - ok,
+    print(json.dumps({"file": args.file, "scoring": args.scoring, "tasks": total, "ok": ok, "failed": total - ok,
                       "malformed_lines": len(report.errors)}))
     return 0 if ok == total else 1
 
 
 def summarize(episodes: Sequence) -> dict:
-    """n, and the mean of every numeric score over the episodes that have it."""
+    """n, the mean of every numeric score over the episodes that have it, and each backend
+    scorer's numbers (``by_scorer``) once episodes carry them."""
+    from simulators.scoring import by_scorer_summary
+
     summary: dict = {"n": len(episodes)}
     keys = sorted({k for e in episodes for k, v in e.scores.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -51,6 +54,9 @@ def summarize(episodes: Sequence) -> dict:
     notes = sorted({e.scores["clip_unavailable"] for e in episodes if e.scores.get("clip_unavailable")})
     if notes:
         summary["clip_unavailable"] = notes[0]
+    scorers = by_scorer_summary(episodes)
+    if scorers:
+        summary["by_scorer"] = scorers
     return summary
 
 
@@ -61,7 +67,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for error in report.errors:
         print(f"skipped {error}", file=sys.stderr)
     episodes = report.items
-    score_episodes(episodes)
+    score_episodes(episodes, args.scoring)
     if not args.no_write:
         write_episodes(episodes, args.file)  # rewards written back, like the reference scripts
     print(json.dumps(summarize(episodes)))
@@ -87,17 +93,27 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_scoring_argument(parser: argparse.ArgumentParser) -> None:
+    from simulators.scoring import SCORERS
+
+    parser.add_argument("--scoring", choices=SCORERS, default="ours",
+                        help="backend scorer: 'ours' (sandboxed, fair; default) or 'colbench' (the reference "
+                             "implementation's rules, to compare with the paper and HAL)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simulators", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     check = commands.add_parser("check-tasks", help="run every task's reference against itself")
     check.add_argument("file", help="ColBench-format task file (JSONL)")
+    add_scoring_argument(check)
     check.set_defaults(run=cmd_check_tasks)
 
     evaluate = commands.add_parser("evaluate", help="score a rollout file (sweet_rl JSONL) in place")
     evaluate.add_argument("file", help="trajectory JSONL: {task, dialogue_history, answer, reward}")
     evaluate.add_argument("--no-write", action="store_true", help="do not write the scores back")
+    add_scoring_argument(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
     rollout = commands.add_parser("rollout", help="simulated collaborations -> sweet_rl JSONL",

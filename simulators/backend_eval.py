@@ -8,17 +8,15 @@ anything a program prints is discarded.
 
 How one answer is evaluated:
 
-* One sandbox job defines the reference (unless its results are cached) and then the answer,
-  each in its own namespace, and runs every test call on each under its own time budget; the
-  job as a whole has a wall-clock and a no-progress budget. A call that hangs, raises, exhausts
-  memory or kills the process is a failed test; when the process dies, the call in flight is
-  charged and the remaining calls run in a fresh job.
-* The reference's results leave the job before the answer is even compiled, so the answer
-  cannot patch them; its namespace is torn down first, and an audit hook then refuses the
-  roads back to leftovers (gc object walks, ctypes, /proc). A residual risk remains by design:
-  both share one process -- one fork per task instead of two is what keeps evaluation fast --
-  so an answer able to read raw freed memory without ctypes could find traces. Answers scored
-  against a cached reference never share a process with it.
+* One sandbox request defines the reference (unless its results are cached) and then the
+  answer, each in a job process of its own, and runs every test call on each under its own time
+  budget; the request as a whole has a wall-clock and a no-progress budget. A call that hangs,
+  raises, exhausts memory or kills the process is a failed test; when the process dies, the call
+  in flight is charged and the remaining calls run in a fresh request.
+* The reference's results leave its job before the answer's job starts, and the answer's job
+  never holds them, nor the reference's source (see "Memory hygiene" in
+  :mod:`simulators.sandbox`): there is nothing to patch and nothing to read, even for code that
+  reads raw memory.
 * Values are compared here, never in the job: the job sends plain data
   (:func:`simulators.sandbox.encode_value`), rebuilt here into builtin values compared with
   plain ``==`` as in ColBench, except that NaN equals NaN. An answer cannot win with an object
@@ -27,6 +25,10 @@ How one answer is evaluated:
   hashing is fixed, so tasks that use randomness compare like-for-like.
 * Reference results are cached per task (id + hash of the reference and the calls), so scoring
   many answers for one task (best-of-N) runs the reference once.
+
+``scoring="colbench"`` scores by the reference implementation's rules instead (blacklist, its
+code extraction, its exec scoping, its None rule), still in the sandbox, so that numbers can be
+compared with the paper and HAL: see :mod:`simulators.colbench_scoring`.
 """
 
 from __future__ import annotations
@@ -45,11 +47,19 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from simulators.colbench_scoring import (
+    REFERENCE_MODULE,
+    blacklisted,
+    reference_answer,
+    reference_code,
+    reference_equal,
+)
 from simulators.domain import ANSWER_MARKER, Episode, Task
 from simulators.sandbox import ERROR_CHARS, Isolation, Sandbox, SandboxLimits, SandboxRun, decode_value
-from simulators.scoring import TaskCheck
+from simulators.scoring import TaskCheck, check_scoring
 
 PER_TEST_TIMEOUT_S = 1.0  # ColBench calls take milliseconds; a second is generous even on a busy box
+# (and with scoring="colbench" it is the answer's budget for exec + eval: the reference's alarm(1))
 LOAD_TIMEOUT_S = 3.0  # defining a program (its imports and top-level code)
 JOB_STARTUP_S = 2.0  # slack in a job's wall budget on top of its programs and calls
 IDLE_GRACE_S = 1.0  # slack on the no-progress budget (message write, scheduling)
@@ -162,6 +172,7 @@ class BackendResult:
     reference_cached: bool = False
     sandbox_runs: int = 0
     isolation: Isolation | None = None  # what the sandbox could enforce on this host
+    scoring: str = "ours"  # whose rules produced the verdicts: "ours" or "colbench"
 
     @property
     def tests_passed(self) -> float:
@@ -175,6 +186,7 @@ class BackendResult:
         scores: dict[str, Any] = {
             "tests_passed": self.tests_passed,
             "success": self.success,
+            "scoring": self.scoring,
             "tests": [t.to_dict() for t in self.tests],
             "sandbox": {
                 "reference_cached": self.reference_cached,
@@ -195,6 +207,7 @@ class _Observed:
     repr: str | None = None
     error: str | None = None
     transient: bool = False  # a timeout or a crash: not cached, it may pass on a calmer machine
+    self_equal: bool = True  # colbench: ``bool(value == value)`` held in the job (False: NaN, arrays)
 
 
 @dataclass
@@ -242,24 +255,37 @@ class BackendEvaluator:
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
 
-    def evaluate(self, task: Task, answer_text: str | None) -> BackendResult:
-        """Score the agent's final message (or the answer extracted from it) for one task."""
+    def evaluate(self, task: Task, answer_text: str | None, scoring: str = "ours") -> BackendResult:
+        """Score the agent's final message (or the answer extracted from it) for one task, by our
+        rules or (``scoring="colbench"``) the reference implementation's."""
+        check_scoring(scoring)
         if task.kind != "backend":
             raise ValueError(f"task {task.id} is a {task.kind} task, not a backend task")
         if answer_text is None or not answer_text.strip():
-            return self._unscored(task, "no answer")
-        code = extract_code(answer_text)
-        if code is None:
-            return self._unscored(task, "no Python code found in the answer")
-        return self._result(task, self._evaluate_code(task, code))
+            return self._unscored(task, "no answer", scoring)
+        if scoring == "colbench":
+            word = blacklisted(answer_text)
+            if word is not None:
+                return self._unscored(task, f"the answer contains {word!r}, which ColBench's scorer refuses", scoring)
+            code = reference_code(answer_text)
+        else:
+            code = extract_code(answer_text)
+            if code is None:
+                return self._unscored(task, "no Python code found in the answer", scoring)
+        return self._result(task, self._evaluate_code(task, code, scoring), scoring)
 
-    def evaluate_batch(self, items: Iterable[tuple[Task, str | None]]) -> list[BackendResult]:
+    def evaluate_batch(
+        self, items: Iterable[tuple[Task, str | None]], scoring: str = "ours"
+    ) -> list[BackendResult]:
         """``evaluate`` over (task, answer) pairs, ``workers`` at a time; results in input order."""
-        return self._map(lambda item: self.evaluate(*item), list(items))
+        check_scoring(scoring)
+        return self._map(lambda item: self.evaluate(*item, scoring=scoring), list(items))
 
-    def check(self, tasks: Sequence[Task]) -> list[TaskCheck]:
-        """Run each reference against itself: every call must return a value, twice the same."""
-        return self._map(self._check_one, list(tasks))
+    def check(self, tasks: Sequence[Task], scoring: str = "ours") -> list[TaskCheck]:
+        """Run each reference against itself. Ours: every call must return a value, twice the
+        same. ColBench's: the reference, submitted as the answer, must pass all its tests."""
+        check_scoring(scoring)
+        return self._map(self._check_one if scoring == "ours" else self._check_by_reference_rules, list(tasks))
 
     def close(self) -> None:
         self.sandbox.close()
@@ -278,12 +304,12 @@ class BackendEvaluator:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backend-eval") as pool:
             return list(pool.map(function, items))
 
-    def _unscored(self, task: Task, reason: str) -> BackendResult:
+    def _unscored(self, task: Task, reason: str, scoring: str = "ours") -> BackendResult:
         tests = [TestOutcome(name, call, None, None, False, reason) for name, call in task.test_cases.items()]
-        return BackendResult(task_id=task.id, tests=tests, error=reason)
+        return BackendResult(task_id=task.id, tests=tests, error=reason, scoring=scoring)
 
     def _check_one(self, task: Task) -> TaskCheck:
-        outcomes = self._evaluate_code(task, task.ground_truth).outcomes
+        outcomes = self._evaluate_code(task, task.ground_truth, "ours").outcomes
         by_problem: dict[str, list[str]] = {}
         for name in task.test_cases:
             first, second = outcomes["reference"][name], outcomes["answer"][name]
@@ -296,23 +322,22 @@ class BackendEvaluator:
             else:
                 continue
             by_problem.setdefault(problem, []).append(name)
-        everything = len(task.test_cases) > 1
-        problems = [
-            f"{'all tests' if everything and len(names) == len(task.test_cases) else ', '.join(names)}: {problem}"
-            for problem, names in by_problem.items()
-        ]
-        return TaskCheck(task_id=task.id, source=task.source, ok=not problems, problems=problems)
+        return _task_check(task, by_problem)
 
-    def _result(self, task: Task, evaluation: _Evaluation) -> BackendResult:
+    def _check_by_reference_rules(self, task: Task) -> TaskCheck:
+        by_problem: dict[str, list[str]] = {}
+        for test in self.evaluate(task, task.ground_truth, scoring="colbench").tests:
+            if not test.passed:
+                problem = test.error or f"not equal: {test.expected} then {test.got}"
+                by_problem.setdefault(problem, []).append(test.name)
+        return _task_check(task, by_problem)
+
+    def _result(self, task: Task, evaluation: _Evaluation, scoring: str) -> BackendResult:
+        verdict = _reference_verdict if scoring == "colbench" else _our_verdict
         tests = []
         for name, call in task.test_cases.items():
             expected, got = evaluation.outcomes["reference"][name], evaluation.outcomes["answer"][name]
-            if expected.error is not None:
-                passed, error = False, f"reference failed: {expected.error}"
-            elif got.error is not None:
-                passed, error = False, got.error
-            else:
-                passed, error = values_equal(expected.value, got.value), None
+            passed, error = verdict(expected, got)
             tests.append(TestOutcome(name, call, expected.repr, got.repr, passed, error))
         return BackendResult(
             task_id=task.id,
@@ -320,38 +345,42 @@ class BackendEvaluator:
             reference_cached=evaluation.reference_cached,
             sandbox_runs=evaluation.runs,
             isolation=self.sandbox.isolation,
+            scoring=scoring,
         )
 
-    def _evaluate_code(self, task: Task, code: str) -> _Evaluation:
-        key = _reference_key(task)
+    def _evaluate_code(self, task: Task, code: str, scoring: str) -> _Evaluation:
+        key = _reference_key(task, scoring)
         cached = self._cached(key)
         if cached is not None:
-            return self._run(task, code, cached)
+            return self._run(task, code, cached, scoring)
         with self._reference_lock(key):  # the first evaluation of a task runs its reference once
             cached = self._cached(key)
             if cached is not None:
-                return self._run(task, code, cached)
-            evaluation = self._run(task, code, None)
+                return self._run(task, code, cached, scoring)
+            evaluation = self._run(task, code, None, scoring)
             reference = evaluation.outcomes["reference"]
             if not any(observed.transient for observed in reference.values()):
                 self._store(key, reference)
             return evaluation
 
-    def _run(self, task: Task, code: str, cached_reference: dict[str, _Observed] | None) -> _Evaluation:
+    def _run(
+        self, task: Task, code: str, cached_reference: dict[str, _Observed] | None, scoring: str
+    ) -> _Evaluation:
         """Run jobs until every call of both programs has an outcome; a crash charges one call."""
         sources = {"reference": task.ground_truth, "answer": code}
         outcomes: dict[str, dict[str, _Observed]] = {"reference": dict(cached_reference or {}), "answer": {}}
+        budgets = {p: self._call_budget(p, scoring) for p in _PROGRAMS}
         runs = 0
         while True:
             todo = {p: [n for n in task.test_cases if n not in outcomes[p]] for p in _PROGRAMS}
-            programs = [
-                {"name": p, "source": sources[p], "calls": {n: task.test_cases[n] for n in todo[p]}}
-                for p in _PROGRAMS
-                if todo[p]
-            ]
+            programs = []
+            for p in (p for p in _PROGRAMS if todo[p]):
+                program = {"name": p, "source": sources[p], "calls": {n: task.test_cases[n] for n in todo[p]}}
+                if scoring == "colbench":  # exec again for every call, with the reference's scoping
+                    program["reexec"] = {"module_name": REFERENCE_MODULE, "call_timeout_s": budgets[p]}
+                programs.append(program)
             if not programs:
                 return _Evaluation(outcomes, cached_reference is not None, runs)
-            calls = sum(len(p["calls"]) for p in programs)
             run = self.sandbox.run(
                 "run_calls",
                 {
@@ -360,8 +389,8 @@ class BackendEvaluator:
                     "call_timeout_s": self.per_test_timeout_s,
                     "seed": RANDOM_SEED,
                 },
-                wall_s=JOB_STARTUP_S + self.load_timeout_s * len(programs) + self.per_test_timeout_s * calls,
-                idle_s=max(self.load_timeout_s, self.per_test_timeout_s) + IDLE_GRACE_S,
+                wall_s=JOB_STARTUP_S + sum(self.load_timeout_s + budgets[p["name"]] * len(p["calls"]) for p in programs),
+                idle_s=max(self.load_timeout_s, *budgets.values()) + IDLE_GRACE_S,
             )
             runs += 1
             if todo["reference"]:
@@ -369,6 +398,13 @@ class BackendEvaluator:
                     self.reference_runs += 1
             loaded = _collect(run, todo, outcomes)
             _charge_call_in_flight(run, loaded, todo, outcomes)
+
+    def _call_budget(self, program: str, scoring: str) -> float:
+        """Seconds per call. ColBench's scorer gives the answer's exec + eval its one-second alarm
+        and the reference no limit at all: here the reference gets a definition's budget on top."""
+        if scoring == "colbench" and program == "reference":
+            return self.load_timeout_s + self.per_test_timeout_s
+        return self.per_test_timeout_s
 
     def _cached(self, key: str) -> dict[str, _Observed] | None:
         with self._lock:
@@ -393,9 +429,40 @@ class BackendEvaluator:
                 self._key_locks.pop(key, None)  # later callers find the cache (or retry afresh)
 
 
-def _reference_key(task: Task) -> str:
+def _reference_key(task: Task, scoring: str) -> str:
     content = json.dumps([task.ground_truth, sorted(task.test_cases.items())], ensure_ascii=False)
-    return f"{task.id}:{hashlib.sha256(content.encode()).hexdigest()[:24]}"
+    return f"{scoring}:{task.id}:{hashlib.sha256(content.encode()).hexdigest()[:24]}"
+
+
+def _our_verdict(expected: _Observed, got: _Observed) -> tuple[bool, str | None]:
+    if expected.error is not None:
+        return False, f"reference failed: {expected.error}"
+    if got.error is not None:
+        return False, got.error
+    return values_equal(expected.value, got.value), None
+
+
+def _reference_verdict(expected: _Observed, got: _Observed) -> tuple[bool, str | None]:
+    """ColBench's rule: passed when the reference's output is not None and ``==`` the answer's
+    (an exception in either program makes its output None)."""
+    if expected.error is not None:
+        return False, f"reference returned None ({expected.error})"
+    if expected.value is None:
+        return False, "reference returned None"
+    if got.error is not None:
+        return False, got.error
+    if not (expected.self_equal and got.self_equal):
+        return False, "== on these values is not True even for a value and itself (NaN, NumPy arrays)"
+    return reference_equal(expected.value, got.value), None
+
+
+def _task_check(task: Task, by_problem: dict[str, list[str]]) -> TaskCheck:
+    everything = len(task.test_cases) > 1
+    problems = [
+        f"{'all tests' if everything and len(names) == len(task.test_cases) else ', '.join(names)}: {problem}"
+        for problem, names in by_problem.items()
+    ]
+    return TaskCheck(task_id=task.id, source=task.source, ok=not problems, problems=problems)
 
 
 def _collect(
@@ -464,7 +531,7 @@ def _observed(message: dict[str, Any]) -> _Observed:
         value = decode_value(message["value"])
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RecursionError):
         return _Observed(error="the sandbox sent a malformed value")
-    return _Observed(value=value, repr=_text(message.get("repr")))
+    return _Observed(value=value, repr=_text(message.get("repr")), self_equal=message.get("self_equal") is not False)
 
 
 def _text(value: Any) -> str:
@@ -488,21 +555,34 @@ def default_evaluator() -> BackendEvaluator:
         return _default_evaluator
 
 
-def evaluate_backend(task: Task, answer_text: str | None) -> BackendResult:
-    return default_evaluator().evaluate(task, answer_text)
+def evaluate_backend(task: Task, answer_text: str | None, scoring: str = "ours") -> BackendResult:
+    return default_evaluator().evaluate(task, answer_text, scoring)
 
 
-def evaluate_backend_batch(items: Iterable[tuple[Task, str | None]]) -> list[BackendResult]:
-    return default_evaluator().evaluate_batch(items)
+def evaluate_backend_batch(items: Iterable[tuple[Task, str | None]], scoring: str = "ours") -> list[BackendResult]:
+    return default_evaluator().evaluate_batch(items, scoring)
 
 
-def check_tasks(tasks: Sequence[Task]) -> list[TaskCheck]:
-    return default_evaluator().check(tasks)
+def check_tasks(tasks: Sequence[Task], scoring: str = "ours") -> list[TaskCheck]:
+    return default_evaluator().check(tasks, scoring)
 
 
-def score_episodes(episodes: Sequence[Episode]) -> None:
-    """Set ``reward`` (fraction of tests passed) and ``scores`` of backend episodes in place."""
-    results = evaluate_backend_batch((episode.task, episode.answer) for episode in episodes)
+def score_episodes(episodes: Sequence[Episode], scoring: str = "ours") -> None:
+    """Set ``reward`` (fraction of tests passed) and ``scores`` of backend episodes in place.
+
+    ``scores["scoring"]`` names the scorer behind ``reward``, ``tests_passed`` and ``success``;
+    ``scores["by_scorer"]`` keeps each scorer's ``tests_passed`` and ``success``, so an episode
+    scored both ways reports both. ColBench's scorer reads the answer as its environment cut it.
+    """
+    answer_of = reference_answer if scoring == "colbench" else (lambda episode: episode.answer)
+    results = evaluate_backend_batch(((episode.task, answer_of(episode)) for episode in episodes), scoring)
     for episode, result in zip(episodes, results):
+        by_scorer = dict(episode.scores.get("by_scorer") or {})
+        if not by_scorer and "tests_passed" in episode.scores:  # scored before scorers were recorded
+            by_scorer[episode.scores.get("scoring", "ours")] = {
+                "tests_passed": episode.scores["tests_passed"], "success": episode.scores.get("success")}
+        by_scorer[scoring] = {"tests_passed": result.tests_passed, "success": result.success}
         episode.reward = result.tests_passed
+        episode.scores.pop("error", None)  # another scorer's
         episode.scores.update(result.to_scores())
+        episode.scores["by_scorer"] = by_scorer

@@ -12,13 +12,14 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, partial
 
 from simulators.domain import MAX_ROUNDS, Episode, Task
 from simulators.llm.base import ChatModel, GenerationConfig, Message
 from simulators.tasks import ASSETS_DIR
 
 BACKEND_REPLY_LIMIT = 400
+BACKEND_SENTENCES = 2  # a backend reply keeps at most two sentences
 FRONTEND_REPLY_LIMIT = 1000
 _FENCED_CODE = re.compile(r"```.*?(```|$)", re.DOTALL)
 _HTML_BLOCK = re.compile(r"<(html|body|div|head|style|script)\b.*?(</\1>|$)", re.DOTALL | re.IGNORECASE)
@@ -56,6 +57,33 @@ def clean_reply(text: str, *, limit: int, hidden: str = "", max_sentences: int |
     return text or "I don't know."
 
 
+def reply_is_settled(text: str, *, hidden: str, max_sentences: int) -> bool:
+    """Whether ``clean_reply(text + more, hidden=hidden, max_sentences=max_sentences)`` is the same
+    for any ``more``: the reply already holds its first ``max_sentences`` sentences for good, so the
+    simulator can stop generating (it is greedy: the kept text is what a longer run would keep).
+
+    Conservative: False while the text has a backtick or ``<`` (a code or HTML block might be open),
+    or while its unfinished last line could still turn into a line that ``clean_reply`` drops.
+    """
+    if "`" in text or "<" in text:
+        return False
+    secret_lines = {ln.strip() for ln in hidden.splitlines() if len(ln.strip()) >= 12}
+    lines = text.splitlines()
+    ends_line = bool(text) and text.splitlines(keepends=True)[-1] != lines[-1]
+    complete, last = (lines, "") if ends_line else (lines[:-1], lines[-1] if lines else "")
+    kept = [ln for ln in complete
+            if ln.strip() and ln.strip() not in secret_lines and not ln.lstrip().startswith(("def ", "import "))]
+    start = last.lstrip()
+    if start and not start.startswith(("def ", "import ")):  # a line starting so is dropped whatever follows
+        if "def ".startswith(start) or "import ".startswith(start):
+            return False
+        if any(secret.startswith(start.rstrip()) for secret in secret_lines):
+            return False
+        kept.append(last)
+    text = re.sub(r"^\s*(human|user|me)\s*:\s*", "", " ".join(ln.strip() for ln in kept), flags=re.IGNORECASE)
+    return len(_SENTENCE_END.split(text)) > max_sentences
+
+
 class SimulatedHuman:
     """An LLM playing the human who holds the hidden information.
 
@@ -89,12 +117,18 @@ class SimulatedHuman:
             return []
         conversations = [self.messages(e) for e in episodes]
         config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=0.0)
+        if all(e.task.kind == "backend" for e in episodes):
+            # A backend reply is cut to two sentences: generating past them changes nothing. The
+            # reference lines of every task in the batch count as secret for every reply (stricter).
+            hidden = "\n".join(e.task.hidden_information for e in episodes)
+            config.stop_when = partial(reply_is_settled, hidden=hidden, max_sentences=BACKEND_SENTENCES)
         outputs = self.model.sample(conversations, n=1, config=config)
         return [self.clean(e.task, texts[0]) for e, texts in zip(episodes, outputs)]
 
     def clean(self, task: Task, text: str) -> str:
         if task.kind == "backend":
-            return clean_reply(text, limit=BACKEND_REPLY_LIMIT, hidden=task.hidden_information, max_sentences=2)
+            return clean_reply(text, limit=BACKEND_REPLY_LIMIT, hidden=task.hidden_information,
+                               max_sentences=BACKEND_SENTENCES)
         return clean_reply(text, limit=FRONTEND_REPLY_LIMIT, hidden=task.ground_truth)
 
     def messages(self, episode: Episode) -> list[Message]:

@@ -1,15 +1,19 @@
 """Batched ColBench rollouts: an agent model and a simulated human play whole episodes.
 
 Episodes of a batch advance in lockstep, so each round is one batched ``sample`` call for the
-agent and one for the simulator. Finished episodes are scored and appended to the output JSONL
-(sweet_rl layout) at once, so a killed run keeps them and re-running the same command continues
-where it stopped: an episode is identified by (task id, sample index).
+agent and one for the simulator, inside the models' ``reuse_prefixes`` block: a local model
+encodes only each dialogue's new turns, not the whole prompt again. Finished episodes are scored
+and appended to the output JSONL (sweet_rl layout) at once, so a killed run keeps them and
+re-running the same command continues where it stopped: an episode is identified by (task id,
+sample index).
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +48,8 @@ class RolloutConfig:
         "help": "frontend: send both screenshots to the simulator (needs a vision endpoint)"})
     batch_size: int = field(default=8, metadata={"help": "episodes advanced together"})
     score: bool = field(default=True, metadata={"help": "score each finished episode"})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads for local models (0 = one per core left idle by other work when the run starts)"})
 
 
 def final_answer(episode: Episode) -> str:
@@ -67,9 +73,16 @@ def new_episode(task: Task, *, human: str, agent_model: str, meta: dict | None =
                    human=human, agent_model=agent_model, meta=dict(meta or {}))
 
 
-def play(episodes: Sequence[Episode], agent: ChatModel, human: SimulatedHuman,
-         config: RolloutConfig) -> None:
-    """Advance every episode to its end, in lockstep; fills turns and ``answer`` in place."""
+def play(episodes: Sequence[Episode], agent: ChatModel, human: SimulatedHuman, config: RolloutConfig,
+         on_round: Callable[[Sequence[Episode]], None] | None = None) -> None:
+    """Advance every episode to its end, in lockstep; fills turns and ``answer`` in place.
+    ``on_round(episodes)`` is called after each round (progress)."""
+    with agent.reuse_prefixes(), human.model.reuse_prefixes():  # the same model twice is fine
+        _play_rounds(episodes, agent, human, config, on_round or (lambda episodes: None))
+
+
+def _play_rounds(episodes: Sequence[Episode], agent: ChatModel, human: SimulatedHuman, config: RolloutConfig,
+                 on_round: Callable[[Sequence[Episode]], None]) -> None:
     agent_config = GenerationConfig(max_new_tokens=config.agent_max_new_tokens,
                                     temperature=config.agent_temperature, seed=config.seed)
     for round_index in range(config.max_rounds):
@@ -94,6 +107,7 @@ def play(episodes: Sequence[Episode], agent: ChatModel, human: SimulatedHuman,
         for episode, reply in zip(waiting, replies):
             episode.turns.append(Turn(role="human", content=reply, model=human.model.name,
                                       latency_s=round(latency, 3)))
+        on_round(episodes)
 
 
 def pending_work(tasks: Iterable[Task], best_of_n: int, done: set[tuple[str, int]]) -> list[tuple[Task, int]]:
@@ -111,12 +125,13 @@ def run_rollouts(tasks: Sequence[Task], agent: ChatModel, human: SimulatedHuman,
         done = {(e.task.id, int(e.meta.get("sample", 0))) for e in load_episodes(out).items}
     work = pending_work(tasks, config.best_of_n, done)
     finished: list[Episode] = []
-    with tqdm(total=len(work), desc="episodes", unit="ep", disable=not progress) as bar:
+    with torch_threads(config.threads, agent, human.model), EpisodeProgress(len(work), config.max_rounds,
+                                                                           disable=not progress) as bar:
         for start in range(0, len(work), config.batch_size):
             batch = [new_episode(task, human=human.name, agent_model=agent.name,
                                  meta={"sample": k, "seed": config.seed})
                      for task, k in work[start:start + config.batch_size]]
-            play(batch, agent, human, config)
+            play(batch, agent, human, config, on_round=bar.advance)
             if config.score:
                 from simulators.scoring import score_episodes
 
@@ -124,5 +139,55 @@ def run_rollouts(tasks: Sequence[Task], agent: ChatModel, human: SimulatedHuman,
             for episode in batch:
                 append_episode(episode, out)
             finished.extend(batch)
-            bar.update(len(batch))
     return finished
+
+
+class EpisodeProgress:
+    """A progress bar over episodes: each played round moves an episode 1/max_rounds of the way
+    (so the ETA is sensible long before the first batch ends); an episode that ends counts as one."""
+
+    def __init__(self, total: int, max_rounds: int, disable: bool = False):
+        self.max_rounds = max_rounds
+        self.credited: dict[int, float] = {}  # id(episode) -> share of it on the bar
+        self.bar = tqdm(total=total, desc="rollouts", unit="ep", disable=disable,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}, {rate_fmt}]")
+        self.bar.set_postfix_str(f"0/{total} episodes done", refresh=False)
+
+    def advance(self, episodes: Sequence[Episode]) -> None:
+        for episode in episodes:
+            share = 1.0 if episode.answer is not None else min(episode.rounds / self.max_rounds, 1.0)
+            self.bar.update(share - self.credited.get(id(episode), 0.0))
+            self.credited[id(episode)] = share
+        self.bar.set_postfix_str(f"{self.done}/{self.bar.total} episodes done")
+
+    @property
+    def done(self) -> int:
+        return sum(share == 1.0 for share in self.credited.values())
+
+    @property
+    def progress(self) -> float:
+        """Episodes' worth of rounds played (what the bar shows)."""
+        return sum(self.credited.values())
+
+    def __enter__(self) -> EpisodeProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
+@contextmanager
+def torch_threads(threads: int, *models: ChatModel):
+    """Run local models on ``threads`` torch CPU threads (0: one per idle core), restored afterwards."""
+    local = sys.modules.get("simulators.llm.local")  # imported whenever a local model exists
+    if local is None or not any(isinstance(m, local.LocalModel) and m.device.type == "cpu" for m in models):
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads if threads > 0 else local.idle_cpu_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

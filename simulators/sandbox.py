@@ -6,10 +6,16 @@ evaluating process must survive all of that, get an answer back, and leave nothi
 
 Process layout (Linux only)::
 
-    evaluator (any thread) --JSON lines--> server (one per worker, a pre-forked "zygote")
-                                              | fork per job
-                                              v
-                                            job (unprivileged uid, runs the untrusted code)
+    evaluator (any thread) --requests--> server (one per worker, a pre-forked "zygote")
+                                              | fork per job (in a user namespace, the
+                                              v  server sits below a small keeper process)
+                                            job (no capabilities, runs the untrusted code)
+
+A request is a small JSON header and one payload per job; ``run_calls`` gives every program a
+job of its own, so no program shares a process with another (see "Memory hygiene" at
+``_Server.next_request``: Python code can read raw memory, so what a process once held is
+readable to whatever runs in it later, and the server never holds payloads or results where
+a job could find them).
 
 A *server* is started once per worker with ``sys.executable -S`` and a scrubbed environment
 (not ``-I``: it would also drop ``PYTHONHASHSEED``, which is pinned so that set ordering agrees
@@ -22,16 +28,20 @@ interpreter start. On a VM every page a process maps is paid for at fork, on wri
 exit, so the server's heap is kept lean: modules only the evaluator side needs are imported
 where they are used, not at the top of this file.
 
-Isolation layers, each reported in :class:`Isolation` (``Sandbox.isolation``):
+Isolation layers, each reported in :class:`Isolation` (``Sandbox.isolation``). Namespaces need
+``CAP_SYS_ADMIN``: a server run as root has it; any other server first enters a user namespace of
+its own (``CLONE_NEWUSER``, the evaluator's uid mapped to 0 inside, as rootless containers do),
+which gives it those capabilities over the namespaces it creates next -- and nothing outside --
+so an ordinary user gets the same layers as root:
 
 * network -- the server enters a fresh network namespace (no interface is up, not even
   loopback). Fallback: an audit hook refuses every socket operation.
 * filesystem -- the server enters a private mount namespace and chroots into a read-only view
   holding only ``/usr``, ``/etc``, the Python installation(s) and ``/dev/{null,zero,...}``: the
   repository, task files and datasets are not visible at all. The only writable place is a
-  size-capped tmpfs on ``/tmp``, the job's working directory, emptied after every job.
-  Fallback: a fresh host temp directory as scratch (deleted after the job) and an audit hook
-  refusing writes outside it.
+  size-capped tmpfs on ``/tmp`` (another path when the Python installation lives under
+  ``/tmp``), the job's working directory, emptied after every job. Fallback: a fresh host temp
+  directory as scratch (deleted after the job) and an audit hook refusing writes outside it.
 * processes -- every job is pid 1 of its own PID namespace: when it exits or is killed, the
   kernel kills everything it spawned, even processes that called ``setsid`` to escape a process
   group. As in a container started without an init, the job's ``getppid()`` is 0 (its parent is
@@ -40,29 +50,38 @@ Isolation layers, each reported in :class:`Isolation` (``Sandbox.isolation``):
   job exits with 128 + signal), so an answer that "kills its parent" or itself fails as it would
   anywhere else. (A separate init per job would give these semantics natively, but a second
   fork per job doubled the per-job cost on the 2-core reference machine.) SysV IPC is disabled.
+  In a user namespace the server itself is pid 1 of a PID namespace owned by that user
+  namespace (its parent, a small *keeper*, stays outside and stops it when the evaluator goes):
+  only there may it return to its own PID namespace after creating each job's.
   Fallback: the job leads its own process group, which is SIGKILLed after the job, and
   fork/exec/kill are refused by the audit hook.
-* user -- when the server runs as root, jobs run under an unused uid (``UID_BASE`` + server
-  pid, so each server has its own): no capabilities, ``no_new_privs`` (setuid binaries cannot
-  regain root), and ``RLIMIT_NPROC`` finally means something (root ignores it, and per-uid
-  counting would otherwise mix with every other process of that uid). Without root, jobs keep
-  the evaluator's uid and ``RLIMIT_NPROC`` is not set.
+* user -- as root, jobs run under an unused uid (``UID_BASE`` + server pid, so each server has
+  its own); in a user namespace, as its uid 0 (the evaluator's uid outside) with every
+  capability dropped, the bounding set emptied and ``SECBIT_NOROOT`` locked, so nothing it
+  executes regains one. Either way: no capabilities, ``no_new_privs`` (setuid binaries cannot
+  regain root), and ``RLIMIT_NPROC`` means something (root ignores it; per-uid counting would
+  otherwise mix with every other process of that uid; in a user namespace the kernel counts
+  the namespace's processes apart).
 
 The fallbacks are best effort: an audit hook runs inside the process it guards (it refuses
-ctypes, the usual way around it, but is not a security boundary). They are used only where the
-kernel refuses namespaces (no root / no CAP_SYS_ADMIN), and the result says so.
+ctypes, the usual way around it, but is not a security boundary: C extensions get past it).
+They are used only where the kernel refuses namespaces (user namespaces disabled, a seccomp
+profile refusing ``unshare``); the server then says so loudly (``Isolation.warning``, logged at
+start-up and carried in every result) together with what the stronger mode needs.
 
 Always applied to a job: RLIMIT_CPU (from the job's wall budget), RLIMIT_AS, RLIMIT_FSIZE,
 RLIMIT_NOFILE, RLIMIT_CORE=0, RLIMIT_MSGQUEUE=0, stdin/stdout on /dev/null (prints are
 discarded), stderr kept up to a cap, a wall-clock and an optional no-progress budget enforced
 from outside with SIGKILL, and PR_SET_PDEATHSIG so a job dies with its server. The server itself
 does not use PR_SET_PDEATHSIG (it fires when the *thread* that forked it exits, and evaluators
-start servers from pool threads); it exits on EOF of its request pipe and polls ``getppid()``.
+start servers from pool threads); it exits on EOF of its request pipe and polls ``getppid()``
+(in a user namespace, where its ``getppid()`` is 0, its keeper polls and kills it; it dies with
+the keeper by PR_SET_PDEATHSIG, the keeper being single-threaded).
 
 Jobs run one of the *targets* defined here, called as ``target(payload, emit)`` inside the job;
 ``emit(obj)`` sends one JSON message back:
 
-* ``run_calls`` -- define programs in order, each in its own namespace, and evaluate call
+* ``run_calls`` -- define programs in order, each in a job of its own, and evaluate call
   expressions against them, each under its own time budget; return values leave the job as
   plain data (``encode_value``), never as objects the evaluator would have to trust.
 * ``exec_source`` -- run a source string that may call ``report(obj)``.
@@ -83,6 +102,7 @@ import fcntl
 import gc
 import json
 import math
+import mmap
 import os
 import random
 import re
@@ -95,16 +115,21 @@ import time
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
 
+# typing.TYPE_CHECKING without importing typing into the server (each page it holds is paid for
+# at every fork); annotations are strings here.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from typing import Any
 
     Emit = Callable[[Any], None]
 
 UID_BASE = 1_500_000_000  # jobs of server N run as uid UID_BASE + N (an unused, unnamed uid)
 NOBODY_UID = 65534  # used when the per-server uid is refused (e.g. inside a user namespace)
 SERVER_START_TIMEOUT_S = 60.0  # a first start on a busy machine can be slow
+_HEADER_DIGITS = 10  # a request header's length, in decimal digits, precedes it
+_SPILL_BYTES = 1 << 16  # where a _PrivateBuffer reads bytes beyond its capacity, to drop them
 RESPONSE_GRACE_S = 10.0  # how much longer than a job's wall budget the evaluator waits for a server
 EXIT_DRAIN_S = 1.0  # after a job exits, how long to keep reading output its leftovers may write
 PARENT_POLL_S = 0.5  # how often an idle server checks that the evaluator still exists
@@ -137,19 +162,31 @@ _SERVER_ENV = {
 # What a job may see besides the Python installation itself.
 _VISIBLE_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _VISIBLE_DEVICES = ("null", "zero", "full", "random", "urandom")
-_SCRATCH = "/tmp"  # the job's scratch and working directory inside the chroot
+# The job's scratch and working directory inside the chroot: the first that holds no Python
+# directory (a venv under /tmp would otherwise be covered by the scratch tmpfs).
+_SCRATCH_CANDIDATES = ("/tmp", "/var/tmp", "/scratch")
 _RESULT_PIPE_BYTES = 1 << 20  # room for a whole job's messages: it never waits on the server
 _EXIT_SETUP_FAILED = 121  # a job could not be set up; its stderr says why
 
-# Linux ABI constants (include/uapi/linux/sched.h, mount.h, prctl.h).
+# Linux ABI constants (include/uapi/linux/sched.h, mount.h, prctl.h, capability.h, securebits.h).
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWIPC = 0x08000000
+_CLONE_NEWUSER = 0x10000000
 _CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+_MS_NOATIME, _MS_NODIRATIME, _MS_RELATIME, _MS_STRICTATIME = 0x400, 0x800, 0x200000, 0x1000000
 _PR_SET_PDEATHSIG = 1
+_PR_CAPBSET_DROP = 24
+_PR_SET_SECUREBITS = 28
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP and SECBIT_NO_CAP_AMBIENT_RAISE, each with its lock, and
+# SECBIT_KEEP_CAPS_LOCKED: uid 0 (of a user namespace) gets no capabilities from execve.
+_SECUREBITS_NO_ROOT = 0b1110_1111
+_CAP_SYS_ADMIN = 21
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 class SandboxError(RuntimeError):
@@ -161,7 +198,7 @@ class SandboxLimits:
     """Per-job resource limits. CPU time is derived from each job's wall budget."""
 
     memory_bytes: int = 1 << 30  # RLIMIT_AS: address space of each job process
-    max_processes: int = 16  # RLIMIT_NPROC for the job uid (only when jobs get their own uid)
+    max_processes: int = 16  # RLIMIT_NPROC (only where jobs get a uid or a user namespace of their own)
     max_file_bytes: int = 16 << 20  # RLIMIT_FSIZE: largest file a job may write
     max_open_files: int = 64  # RLIMIT_NOFILE
     scratch_bytes: int = 64 << 20  # size of the tmpfs scratch (namespace mode)
@@ -180,7 +217,10 @@ class Isolation:
     filesystem: str
     processes_isolated: bool
     processes: str
+    user_isolated: bool  # jobs hold no capabilities under a uid or user namespace of their own
     user: str
+    user_namespace: bool = False  # the server runs in a user namespace of its own (not root)
+    warning: str = ""  # set whenever mode is "audit": what is missing and what would fix it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -201,6 +241,7 @@ class SandboxRun:
     stderr: str = ""
     wall_s: float = 0.0
     server_error: str | None = None  # the server died or stopped answering during this job
+    jobs: int = 0  # job processes the request ran (run_calls: one per program, until one fails)
 
     @property
     def clean_exit(self) -> bool:
@@ -404,21 +445,25 @@ def run_calls(payload: dict[str, Any], emit: Emit) -> None:
     under the load budget, then each expression is evaluated in it under the call budget, with
     ``random`` (and numpy's global generator, when loaded) seeded with ``seed`` first.
 
-    A later program never sees an earlier one: the earlier namespace is torn down and its
-    results have already left the job before the later source is compiled, and from then on an
-    audit hook refuses the roads back to leftovers in memory (gc object walks, ctypes, /proc).
+    A later program never sees an earlier one: :meth:`Sandbox.run` gives each program a job
+    process of its own (:func:`_job_payloads`), so nothing an earlier program left in memory
+    -- its source, its objects, its results -- is there to find, by gc walks or by raw reads.
 
     Messages: ``{"kind": "loaded", "program", "error"}``, then per call ``{"kind": "call",
     "program", "name", "value" | "error", "repr", "timed_out"}``, then
     ``{"kind": "done", "program"}``.
+
+    A program with a ``"reexec"`` entry runs as ColBench's scorer runs it instead
+    (:func:`_run_reexecuting`).
     """
     signal.signal(signal.SIGALRM, _on_alarm)
     programs = payload["programs"]
     for index, program in enumerate(programs):
-        programs[index] = None  # the payload is shared with the server's frames: drop our copy
-        if index == 1:
-            sys.addaudithook(_deny_introspection)
+        programs[index] = None  # _job_main's frame holds the payload too: free the source early
         name = program["name"]
+        if "reexec" in program:
+            _run_reexecuting(name, program, payload["load_timeout_s"], emit)
+            continue
         namespace: dict[str, Any] = {"__name__": "solution", "__builtins__": builtins}
         error = _timed(payload["load_timeout_s"], _load_program, program.pop("source"), namespace)
         emit({"kind": "loaded", "program": name, "error": error})
@@ -436,38 +481,78 @@ def run_calls(payload: dict[str, Any], emit: Emit) -> None:
             gc.collect()
 
 
+def _run_reexecuting(name: str, program: dict[str, Any], load_timeout_s: float, emit: Emit) -> None:
+    """Run one program as ColBench's scorer does (``sweet_rl.utils.code_utils``; the rules are in
+    ``simulators.colbench_scoring``), with the same messages as :func:`run_calls`.
+
+    ``program["reexec"]`` is ``{"module_name", "call_timeout_s"}``. The reference calls
+    ``exec(source)`` and then ``eval(call)`` inside a function, once per call: the source runs
+    with that module's globals (here a dict shared by every call of the program, holding the
+    names the module had) and the function's locals as a fresh dict, so everything the source
+    defines lands in that dict, where its own functions cannot see it. One budget covers exec
+    and eval, as the reference's alarm did. ``random`` is not seeded: the reference does not.
+    """
+    settings = program["reexec"]
+    source = program.pop("source")
+    compiled: list[Any] = []
+    error = _timed(load_timeout_s, lambda: compiled.append(compile(source, "<solution>", "exec", dont_inherit=True)))
+    emit({"kind": "loaded", "program": name, "error": error})
+    if error is None:
+        import multiprocessing
+        import queue
+
+        module_globals: dict[str, Any] = {
+            "__name__": settings["module_name"],
+            "__builtins__": builtins,
+            "multiprocessing": multiprocessing,
+            "signal": signal,
+            "Empty": queue.Empty,
+        }
+        for call_name, expression in program["calls"].items():
+            emit(_run_reexecuted_call(
+                name, call_name, expression, compiled[0], source, module_globals, settings["call_timeout_s"]
+            ))
+        module_globals.clear()  # breaks the function <-> globals cycles
+    compiled.clear()
+    emit({"kind": "done", "program": name})
+    gc.collect()  # classes are cyclic garbage, reachable via __subclasses__ until collected
+
+
+def _run_reexecuted_call(
+    program: str, name: str, expression: str, code: Any, source: str, module_globals: dict[str, Any], budget_s: float
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"kind": "call", "program": program, "name": name}
+
+    def run() -> Any:
+        # The reference function's own locals (its parameters), which exec'd code sees and may rebind.
+        scope: dict[str, Any] = {"function_definition": source, "test_case": expression}
+        exec(code, module_globals, scope)
+        # eval() re-reads the frame's locals into that dict first: the parameters come back and
+        # the unbound ``e`` of its ``except Exception as e`` goes away.
+        scope.update(function_definition=source, test_case=expression)
+        scope.pop("e", None)
+        value = eval(expression, module_globals, scope)
+        message["self_equal"] = _equals_itself(value)
+        return value
+
+    return _call_outcome(message, budget_s, run)
+
+
+def _equals_itself(value: Any) -> bool:
+    """Whether ``bool(value == value)`` is True: not for NaN, nor for a NumPy array of other than
+    one element (its ``==`` has no truth value), which the reference's ``==`` cannot pass."""
+    try:
+        return bool(value == value)
+    except Exception:
+        return False
+
+
 class _CallTimeout(BaseException):
     """Raised by SIGALRM in the job. A BaseException, so ``except Exception`` cannot swallow it."""
 
 
 def _on_alarm(signum: int, frame: Any) -> None:
     raise _CallTimeout
-
-
-_INTROSPECTION_EVENTS = frozenset(
-    {
-        "gc.get_objects",
-        "gc.get_referrers",
-        "gc.get_referents",
-        "sys._current_frames",
-        "ctypes.dlopen",
-        "ctypes.dlsym",
-        "ctypes.call_function",
-        "ctypes.cdata",
-        "ctypes.cdata/buffer",
-        "ctypes.string_at",
-        "ctypes.wstring_at",
-        "ctypes.addressof",
-    }
-)
-
-
-def _deny_introspection(event: str, args: tuple[Any, ...]) -> None:
-    """Audit hook for every program after the first: no road back to what earlier ones left."""
-    if event in _INTROSPECTION_EVENTS:
-        raise PermissionError(f"{event} is not allowed here")
-    if event == "open" and isinstance(args[0], (str, bytes)) and os.fsdecode(args[0]).startswith("/proc/"):
-        raise PermissionError("/proc is not readable here")
 
 
 def _load_program(source: str, namespace: dict[str, Any]) -> None:
@@ -505,10 +590,16 @@ def _run_call(
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed(seed)
+    return _call_outcome(message, budget_s, lambda: eval(expression, namespace))
+
+
+def _call_outcome(message: dict[str, Any], budget_s: float, run: Callable[[], Any]) -> dict[str, Any]:
+    """``message`` with what ``run()`` returned (``value``, ``repr``) or why it failed (``error``,
+    ``timed_out``), run under the call budget."""
     try:
         signal.setitimer(signal.ITIMER_REAL, budget_s)
         try:
-            value = eval(expression, namespace)
+            value = run()
             message["value"] = _encode(value, [ENCODE_BUDGET], 0)
             message["repr"] = short_repr(value)
         finally:
@@ -594,18 +685,21 @@ class Sandbox:
         return self._isolation
 
     def run(self, target: str, payload: Any, *, wall_s: float, idle_s: float | None = None) -> SandboxRun:
-        """Run ``target(payload, emit)`` (a name from ``_TARGETS``) in a fresh job process.
+        """Run ``target(payload, emit)`` (a name from ``_TARGETS``) in fresh job processes.
 
-        ``wall_s`` bounds the whole job; ``idle_s`` (optional) bounds the time between two
-        messages, so a job that reports per step is cut off early when one step hangs.
-        Raises :class:`SandboxError` only when no server can be started.
+        ``run_calls`` runs each program in a job of its own, in order, and stops after a job that
+        did not exit cleanly; other targets are one job. ``wall_s`` bounds all of them together;
+        ``idle_s`` (optional) bounds the time between two messages, so a job that reports per
+        step is cut off early when one step hangs. The exit status, budget and output flags
+        describe the last job run. Raises :class:`SandboxError` only when no server can be started.
         """
         if target not in _TARGETS:
             raise ValueError(f"unknown sandbox target {target!r} (known: {', '.join(_TARGETS)})")
-        request = {"target": target, "payload": payload, "wall_s": wall_s, "idle_s": idle_s}
+        parts = [json.dumps(part).encode() for part in _job_payloads(target, payload)]
+        request = {"target": target, "wall_s": wall_s, "idle_s": idle_s, "parts": [len(p) for p in parts]}
         with self._server() as server:
             try:
-                header, raw = server.request(request, timeout_s=wall_s + RESPONSE_GRACE_S)
+                header, raw, stderr = server.request(request, parts, timeout_s=wall_s + RESPONSE_GRACE_S)
             except SandboxError as exc:  # the server died or hung: drop it, blame this job
                 server.stop()
                 return SandboxRun(
@@ -623,8 +717,9 @@ class Sandbox:
             timed_out=header["timed_out"],
             output_truncated=header["output_truncated"],
             malformed_messages=malformed,
-            stderr=header["stderr"],
+            stderr=stderr.decode("utf-8", "replace"),
             wall_s=header["wall_s"],
+            jobs=header["jobs"],
         )
 
     def close(self) -> None:
@@ -656,7 +751,11 @@ class Sandbox:
             self.servers_started += 1
         if self.mode == "namespaces" and server.isolation.mode != "namespaces":
             server.stop()
-            raise SandboxError(f"namespace isolation is not available here: {server.isolation}")
+            raise SandboxError(f"namespace isolation is not available here: {server.isolation.warning}")
+        if self._isolation is None and server.isolation.warning:  # once per pool, at start-up
+            import logging
+
+            logging.getLogger(__name__).warning("%s", server.isolation.warning)
         self._isolation = server.isolation
         return server
 
@@ -664,6 +763,16 @@ class Sandbox:
 def _stop_servers(servers: list[_ServerProcess]) -> None:
     for server in servers:
         server.stop()
+
+
+def _job_payloads(target: str, payload: Any) -> list[Any]:
+    """What each job of a request gets. A ``run_calls`` program shares its process with no other
+    program: an answer run after the reference could otherwise read the reference's source and
+    results in raw memory, which Python code can do without ctypes (numpy's array interface)."""
+    if target == "run_calls":
+        rest = {key: value for key, value in payload.items() if key != "programs"}
+        return [{**rest, "programs": [program]} for program in payload["programs"]]
+    return [payload]
 
 
 def _parse_messages(raw: bytes) -> tuple[list[Any], int]:
@@ -718,16 +827,22 @@ class _ServerProcess:
     def alive(self) -> bool:
         return not self._stopped and self._proc.poll() is None
 
-    def request(self, request: dict[str, Any], *, timeout_s: float) -> tuple[dict[str, Any], bytes]:
+    def request(
+        self, request: dict[str, Any], parts: list[bytes], *, timeout_s: float
+    ) -> tuple[dict[str, Any], bytes, bytes]:
+        """Send a request header and its job payloads; (response header, messages, stderr)."""
         assert self._proc.stdin is not None
+        header = json.dumps(request).encode()
         try:
-            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
+            # Length-prefixed: the server reads exactly the header, never a payload byte with it.
+            self._proc.stdin.write(b"%0*d" % (_HEADER_DIGITS, len(header)) + header + b"".join(parts))
             self._proc.stdin.flush()
         except OSError as exc:
             raise SandboxError(f"server stopped accepting jobs ({exc})") from exc
         deadline = time.monotonic() + timeout_s
-        header = json.loads(self._read_line(deadline))
-        return header, self._read_exactly(header.get("message_bytes", 0), deadline)
+        response = json.loads(self._read_line(deadline))
+        messages = self._read_exactly(response.get("message_bytes", 0), deadline)
+        return response, messages, self._read_exactly(response.get("stderr_bytes", 0), deadline)
 
     def _fill(self, deadline: float) -> None:
         assert self._proc.stdout is not None
@@ -788,29 +903,25 @@ def serve() -> None:
     """Entry point of a server process (see ``_BOOTSTRAP``)."""
     config = json.loads(sys.argv[1])
     sys.path.extend(config["site_packages"])
-    out = sys.stdout.buffer
     try:
         server = _Server(SandboxLimits(**config["limits"]), config["mode"], config["site_packages"])
     except Exception as exc:  # report why instead of dying silently
-        out.write(json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
-        out.flush()
+        _write_all(1, json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         return
-    out.write(json.dumps({"isolation": server.isolation.to_dict()}).encode() + b"\n")
-    out.flush()
+    _write_all(1, json.dumps({"isolation": server.isolation.to_dict()}).encode() + b"\n")
+    # Every resident page is paid for at each fork (page tables) and exit: free the garbage of
+    # start-up (compiling this file, building the view) and hand the heap's free pages back.
+    gc.collect()
+    server.libc.trim_heap()
     # Everything the server holds now is shared with every job it forks. Frozen, the jobs' garbage
     # collector never walks (and so never writes to, and copies) those objects' pages.
     gc.freeze()
-    while (job := server.next_job()) is not None:
+    while (request := server.next_request()) is not None:
         try:
-            header, raw = server.run(job)
+            server.answer(*request)
         except _EvaluatorGone:
             return
-        # Jobs are forked from this process: keep no copy of a finished job's payload or outputs.
-        del job
-        header["message_bytes"] = len(raw)
-        out.write(json.dumps(header).encode() + b"\n" + raw)
-        out.flush()
-        del header, raw
+        del request
 
 
 class _Libc:
@@ -845,6 +956,18 @@ class _Libc:
     def prctl(self, option: int, value: int) -> None:
         self._check(self._lib.prctl(option, value, 0, 0, 0), "prctl")
 
+    def trim_heap(self) -> None:
+        """glibc's malloc_trim(0): return free heap pages to the kernel (elsewhere: nothing)."""
+        trim = getattr(self._lib, "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+
+    def clear_capabilities(self) -> None:
+        """capset(2): empty effective, permitted and inheritable sets."""
+        header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+        data = (ctypes.c_uint32 * 6)()  # two {effective, permitted, inheritable} words: all zero
+        self._check(self._lib.capset(header, data), "capset")
+
 
 class _Server:
     """Sets up the isolation once, then forks one job per request."""
@@ -852,22 +975,49 @@ class _Server:
     def __init__(self, limits: SandboxLimits, mode: str, site_packages: list[str]) -> None:
         self.limits = limits
         self.libc = _Libc()
-        self.parent_pid = os.getppid()
+        evaluator_uid = os.geteuid()  # (inside a user namespace we become its uid 0)
         self._pidns_fd: int | None = None
+        self.scratch = _SCRATCH_CANDIDATES[0]
+        self.user_ns = False
+        # What the filesystem layer shows a job (and, without it, what the audit hook lets it read).
+        self.readable_paths = [
+            *(path for path in _VISIBLE_DIRS if os.path.isdir(path)),
+            *_python_dirs(site_packages),
+            *(f"/dev/{name}" for name in _VISIBLE_DEVICES),
+        ]
+        with open("/proc/sys/kernel/cap_last_cap") as fh:  # read while /proc is still visible
+            self.cap_last = int(fh.read())
         skipped = "not attempted (audit mode requested)"
-        net_note = ipc_note = pid_note = fs_note = skipped
+        net_note = ipc_note = pid_note = fs_note = user_ns_note = skipped
         if mode != "audit":
+            if os.geteuid() == 0 and _has_capability(_CAP_SYS_ADMIN):
+                user_ns_note = ""
+            else:  # an ordinary user (or root without CAP_SYS_ADMIN): the namespaces' owner is ours
+                user_ns_note = _user_namespace_refusal()
+                if not user_ns_note:
+                    _enter_user_namespace(self.libc)
+                    self.user_ns = True
             net_note = self._try(lambda: self.libc.unshare(_CLONE_NEWNET))
             ipc_note = self._try(self._isolate_ipc)
-            pid_note = self._try(self._probe_pid_namespace)  # needs the host's /proc: before the chroot
+            pid_note = self._try(self._isolate_processes)  # needs the host's /proc: before the chroot
             fs_note = self._try(lambda: self._isolate_filesystem(site_packages))
+        # Only now: in a user namespace this is the server forked by the keeper, whose getppid()
+        # is 0 (its parent lives outside its PID namespace) and stays 0.
+        self.parent_pid = os.getppid()
         self.net_isolated, self.pid_isolated, self.fs_isolated = not net_note, not pid_note, not fs_note
-        self.uid, user_note = self._choose_uid() if os.geteuid() == 0 else (None, "")
-        if self.fs_isolated and self.uid is not None:
-            os.chown(_SCRATCH, self.uid, self.uid)
-        kernel_enforced = (
-            self.net_isolated and self.fs_isolated and self.pid_isolated and self.uid is not None
-        )
+        if self.user_ns:
+            self.uid, user_note = None, ""
+        elif os.geteuid() == 0:
+            self.uid, user_note = self._choose_uid()
+        else:
+            self.uid, user_note = None, f"no user namespace: {user_ns_note}"
+        self.user_isolated = self.user_ns or self.uid is not None
+        if self.fs_isolated:
+            os.environ.update(HOME=self.scratch, TMPDIR=self.scratch)  # what every job gets
+            if self.uid is not None:
+                os.chown(self.scratch, self.uid, self.uid)
+        kernel_enforced = self.net_isolated and self.fs_isolated and self.pid_isolated and self.user_isolated
+        notes = {"network": net_note, "filesystem": fs_note, "processes": pid_note}
         self.isolation = Isolation(
             mode="namespaces" if kernel_enforced else "audit",
             network_isolated=self.net_isolated,
@@ -875,10 +1025,11 @@ class _Server:
             if self.net_isolated
             else f"sockets refused by an audit hook (best effort); no network namespace: {net_note}",
             filesystem_isolated=self.fs_isolated,
-            filesystem="read-only chroot of the Python installation; tmpfs scratch emptied after each job"
+            filesystem=f"read-only chroot of the Python installation; tmpfs scratch on {self.scratch} "
+            "emptied after each job"
             if self.fs_isolated
-            else "host temp dir as scratch, deleted after the job; writes elsewhere refused by an audit "
-            f"hook (best effort); no mount namespace: {fs_note}",
+            else "host temp dir as scratch, deleted after the job; reads outside the Python installation "
+            f"and writes outside the scratch refused by an audit hook (best effort); no mount namespace: {fs_note}",
             processes_isolated=self.pid_isolated,
             processes=(
                 "each job is pid 1 of its own PID namespace: all its descendants die with it"
@@ -887,9 +1038,15 @@ class _Server:
                 f"(best effort); no PID namespace: {pid_note}"
             )
             + ("; SysV IPC disabled" if not ipc_note else f"; SysV IPC shared with the host: {ipc_note}"),
+            user_isolated=self.user_isolated,
             user=f"uid {self.uid} (no capabilities, no_new_privs)"
             if self.uid is not None
-            else f"evaluator's uid {os.geteuid()}, no_new_privs" + (f"; {user_note}" if user_note else ""),
+            else f"uid 0 of a user namespace of its own (uid {evaluator_uid} outside): no capabilities, "
+            "no_new_privs"
+            if self.user_ns
+            else f"evaluator's uid {evaluator_uid}, no_new_privs" + (f"; {user_note}" if user_note else ""),
+            user_namespace=self.user_ns,
+            warning="" if kernel_enforced else _weak_isolation_warning(mode, notes, user_note),
         )
 
     @staticmethod
@@ -909,6 +1066,26 @@ class _Server:
         for name, value in (("shmmni", "0"), ("msgmni", "0"), ("sem", "0 0 0 0")):
             with open(f"/proc/sys/kernel/{name}", "w") as fh:
                 fh.write(value)
+
+    def _isolate_processes(self) -> None:
+        if self.user_ns:
+            self._split_off_keeper()
+        self._probe_pid_namespace()
+
+    def _split_off_keeper(self) -> None:
+        """Continue as pid 1 of a PID namespace owned by our user namespace; the parent stays
+        behind as the keeper (:func:`_keep`) and never returns from here.
+
+        setns() back into a PID namespace needs CAP_SYS_ADMIN over its owner: the host's is owned
+        by the initial user namespace, where we have nothing, but this one is ours.
+        """
+        self.libc.unshare(_CLONE_NEWPID)
+        evaluator = os.getppid()
+        pid = os.fork()
+        if pid != 0:
+            _keep(pid, evaluator)
+        # The keeper is single-threaded: its death, not a thread's, fires this.
+        self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     def _probe_pid_namespace(self) -> None:
         # Keep a handle on our own PID namespace: after each unshare(CLONE_NEWPID) (which only
@@ -932,6 +1109,9 @@ class _Server:
         self.libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount leaks to the host
         python_dirs = sorted(_python_dirs(site_packages), key=len)
         root = _unneeded_directory([*_VISIBLE_DIRS, *python_dirs, "/dev"])
+        scratch = next((p for p in _SCRATCH_CANDIDATES if not _holds_any(p, python_dirs)), None)
+        if scratch is None:
+            raise OSError(0, f"every scratch path ({', '.join(_SCRATCH_CANDIDATES)}) holds Python files")
         self.libc.mount("tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=0755,size=1m")
         bound: list[str] = []
         for path in _VISIBLE_DIRS:
@@ -950,19 +1130,18 @@ class _Server:
                 with open(f"{root}/dev/{name}", "w"):
                     pass
                 self.libc.mount(f"/dev/{name}", f"{root}/dev/{name}", None, _MS_BIND)
-        os.makedirs(root + _SCRATCH)
+        os.makedirs(root + scratch)
         for mount_point in _mounts_under(root):
-            flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID
-            if os.statvfs(mount_point).f_flag & os.ST_NOEXEC:
-                flags |= _MS_NOEXEC
+            flags = _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _kept_mount_flags(mount_point)
             if not mount_point.startswith(root + "/dev/"):
                 flags |= _MS_NODEV
             self.libc.mount(None, mount_point, None, flags)
         # The only writable place; mounted after the read-only pass, emptied after every job.
         options = f"size={self.limits.scratch_bytes},nr_inodes=4096,mode=0700"
-        self.libc.mount("tmpfs", root + _SCRATCH, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, options)
+        self.libc.mount("tmpfs", root + scratch, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, options)
         os.chroot(root)
         os.chdir("/")
+        self.scratch = scratch
 
     def _bind(self, path: str, root: str) -> None:
         os.makedirs(root + path, exist_ok=True)
@@ -988,51 +1167,121 @@ class _Server:
                 return uid, ""
         return None, "no unprivileged uid can read the Python installation here"
 
-    # -- per request ------------------------------------------------------------------------
+    def _evaluator_gone(self) -> bool:
+        # getppid(): the evaluator (or, in a user namespace, nobody: the keeper watches it there);
+        # a closed response pipe: nobody is left to read our answers either way.
+        return os.getppid() != self.parent_pid or _reader_gone(1)
 
-    def next_job(self) -> dict[str, Any] | None:
-        """The next request; None on EOF or when the evaluator is gone."""
+    # -- per request ------------------------------------------------------------------------
+    #
+    # Memory hygiene: every job is a fork of this process, so whatever the server's heap holds
+    # -- or held, since freed memory keeps its bytes -- a job could read (Python code can read raw
+    # memory, e.g. through numpy's array interface). Job payloads and outputs therefore never
+    # become Python objects here: they pass through _PrivateBuffer mappings that no child
+    # inherits and that are unmapped after each request, and a job reads its own payload from a
+    # memfd. What the server parses itself (the request header) holds only names and numbers.
+
+    def next_request(self) -> tuple[dict[str, Any], _PrivateBuffer] | None:
+        """The next request header and its payload bytes; None on EOF or when the evaluator is gone."""
         while True:
             readable = _select_read(0, PARENT_POLL_S)
-            if os.getppid() != self.parent_pid:
+            if self._evaluator_gone():
                 return None
             if readable:
-                line = sys.stdin.buffer.readline()  # requests and responses alternate: one line at most
-                if not line:
-                    return None
-                try:
-                    job = json.loads(line)
-                except ValueError:
-                    return {}  # run() answers "bad job"
-                return job if isinstance(job, dict) else {}
-
-    def run(self, job: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """Fork a job, watch it, clean up after it: (response header, raw message lines)."""
+                break
+        size = _read_fd(0, _HEADER_DIGITS)
+        if size is None or not size.isdigit():
+            return None  # EOF, or a stream we can no longer parse
+        raw = _read_fd(0, int(size))
+        if raw is None:
+            return None
         try:
-            target = _TARGETS[job["target"]]
-            payload = job["payload"]
-            wall_s = float(job["wall_s"])
-            idle_s = None if job.get("idle_s") is None else float(job["idle_s"])
-        except (KeyError, TypeError, ValueError) as exc:
-            return {"error": f"bad job: {type(exc).__name__}: {exc}"}, b""
-        scratch = _SCRATCH if self.fs_isolated else self._make_scratch()
+            request = json.loads(raw)
+            parts = [int(n) for n in request["parts"]]
+            if any(n < 0 for n in parts) or not parts:
+                raise ValueError("bad part sizes")
+        except (ValueError, TypeError, KeyError) as exc:  # the stream is out of step: stop
+            _write_all(1, json.dumps({"error": f"bad request: {exc}"}).encode() + b"\n")
+            return None
+        payload = _PrivateBuffer(sum(parts))
+        if not payload.fill_exactly(0, sum(parts)):
+            payload.close()
+            return None
+        return request, payload
+
+    def answer(self, request: dict[str, Any], payload: _PrivateBuffer) -> None:
+        """Run the request's jobs in order, one per payload part, and write the response."""
+        messages = _PrivateBuffer(self.limits.max_output_bytes)
+        errors = _PrivateBuffer(self.limits.max_stderr_bytes)
+        try:
+            try:
+                target = _TARGETS[request["target"]]
+                wall_s = float(request["wall_s"])
+                idle_s = None if request.get("idle_s") is None else float(request["idle_s"])
+            except (KeyError, TypeError, ValueError) as exc:
+                _write_all(1, json.dumps({"error": f"bad job: {type(exc).__name__}: {exc}"}).encode() + b"\n")
+                return
+            started = time.monotonic()
+            deadline = started + wall_s
+            header: dict[str, Any] = {}
+            offset = jobs = 0
+            for size in request["parts"]:
+                with payload.view[offset : offset + size] as part:
+                    header = self._run_job(target, part, deadline, idle_s, messages, errors)
+                offset += size
+                jobs += 1
+                messages.keep_complete_lines()  # a cut-off last line is no message, nor part of the next
+                clean = header["exit_code"] == 0 and not (header["timed_out"] or messages.truncated)
+                if not clean:
+                    break
+            header.update(
+                output_truncated=messages.truncated,
+                wall_s=round(time.monotonic() - started, 4),
+                jobs=jobs,
+                message_bytes=messages.length,
+                stderr_bytes=errors.length,
+            )
+            _write_all(1, json.dumps(header).encode() + b"\n")
+            _write_all(1, messages.view[: messages.length])
+            _write_all(1, errors.view[: errors.length])
+        finally:
+            for buffer in (payload, messages, errors):
+                buffer.close()
+
+    def _run_job(
+        self,
+        target: Callable[..., None],
+        payload: memoryview,
+        deadline: float,
+        idle_s: float | None,
+        messages: _PrivateBuffer,
+        errors: _PrivateBuffer,
+    ) -> dict[str, Any]:
+        """Fork one job, watch it, clean up after it: its status (exit code, signal, timeout)."""
+        scratch = self.scratch if self.fs_isolated else self._make_scratch()
+        payload_fd = os.memfd_create("sandbox-job-payload")
         result_r, result_w = os.pipe()
         err_r, err_w = os.pipe()
         with contextlib.suppress(OSError):
             fcntl.fcntl(result_r, fcntl.F_SETPIPE_SZ, _RESULT_PIPE_BYTES)
         try:
-            pid = self._fork_job(target, payload, wall_s, scratch, result_w, err_w)
+            _write_all(payload_fd, payload)
+            os.lseek(payload_fd, 0, os.SEEK_SET)
+            budget_s = max(0.0, deadline - time.monotonic())
+            pid = self._fork_job(target, payload_fd, budget_s, scratch, result_w, err_w)
         finally:
-            os.close(result_w)
-            os.close(err_w)
+            for fd in (payload_fd, result_w, err_w):
+                os.close(fd)
         try:
-            header, raw = self._watch(pid, result_r, err_r, wall_s, idle_s)
+            timed_out = self._watch(pid, result_r, err_r, deadline, idle_s, messages, errors)
             # With a PID namespace, its pid 1 (the job) is reported dead only once the kernel
             # has killed and reaped everything else in it: nothing of the job runs past this.
             _, status = os.waitpid(pid, 0)
-            header["exit_code"] = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-            header["signal"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-            return header, raw
+            return {
+                "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+                "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+                "timed_out": timed_out,
+            }
         finally:
             if not self.pid_isolated:  # sweep anything left in the job's process group
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -1040,8 +1289,8 @@ class _Server:
             os.close(result_r)
             os.close(err_r)
             if self.fs_isolated:
-                os.chmod(_SCRATCH, stat.S_IRWXU)  # the job owns it and may have chmod-ed it
-                _empty_dir(_SCRATCH)
+                os.chmod(self.scratch, stat.S_IRWXU)  # the job owns it and may have chmod-ed it
+                _empty_dir(self.scratch)
             else:
                 _remove_tree(scratch)
 
@@ -1060,7 +1309,7 @@ class _Server:
     def _fork_job(
         self,
         target: Callable[..., None],
-        payload: Any,
+        payload_fd: int,
         wall_s: float,
         scratch: str,
         result_w: int,
@@ -1074,7 +1323,7 @@ class _Server:
             self._restore_pid_namespace()
             raise
         if pid == 0:
-            self._job_main(target, payload, wall_s, scratch, result_w, err_w)
+            self._job_main(target, payload_fd, wall_s, scratch, result_w, err_w)
         self._restore_pid_namespace()
         return pid
 
@@ -1084,38 +1333,45 @@ class _Server:
             self.libc.setns(self._pidns_fd, _CLONE_NEWPID)
 
     def _watch(
-        self, pid: int, result_r: int, err_r: int, wall_s: float, idle_s: float | None
-    ) -> tuple[dict[str, Any], bytes]:
-        """Collect a job's output until it exits; SIGKILL it when a budget runs out.
+        self,
+        pid: int,
+        result_r: int,
+        err_r: int,
+        deadline: float,
+        idle_s: float | None,
+        messages: _PrivateBuffer,
+        errors: _PrivateBuffer,
+    ) -> str | None:
+        """Collect a job's output until it exits; SIGKILL it when a budget runs out. Returns
+        "wall" or "idle" when it did.
 
         The server wakes up when the job exits, at a deadline, or every ``DRAIN_INTERVAL_S`` to
         empty the pipes and note progress, not once per message: on a small machine every
         wake-up is a context switch the job pays for.
         """
-        started = time.monotonic()
-        wall_deadline = started + wall_s
-        idle_deadline = started + idle_s if idle_s is not None else math.inf
-        results = _Capture(result_r, self.limits.max_output_bytes)
-        errors = _Capture(err_r, self.limits.max_stderr_bytes)
+        idle_deadline = time.monotonic() + idle_s if idle_s is not None else math.inf
+        for fd in (result_r, err_r):
+            os.set_blocking(fd, False)
         timed_out: str | None = None
         pidfd = os.pidfd_open(pid)
         try:
             while True:
                 now = time.monotonic()
-                if os.getppid() != self.parent_pid:  # the evaluator is gone: so are we
+                if self._evaluator_gone():  # so are we
                     self._kill(pid)
                     raise _EvaluatorGone
-                if timed_out is None and now >= min(wall_deadline, idle_deadline):
-                    timed_out = "wall" if now >= wall_deadline else "idle"
+                if timed_out is None and now >= min(deadline, idle_deadline):
+                    timed_out = "wall" if now >= deadline else "idle"
                     self._kill(pid)
                 if timed_out is None:
-                    next_check = min(wall_deadline, idle_deadline, now + DRAIN_INTERVAL_S)
+                    next_check = min(deadline, idle_deadline, now + DRAIN_INTERVAL_S)
                 else:  # killed: wait for the exit to show on the pidfd
                     next_check = now + PARENT_POLL_S
                 exited = _select_read(pidfd, max(0.0, next_check - now))
-                if results.drain() and idle_s is not None:
+                progressed, _ = messages.drain(result_r)
+                if progressed and idle_s is not None:
                     idle_deadline = time.monotonic() + idle_s
-                errors.drain()
+                errors.drain(err_r)
                 if exited:
                     break
         finally:
@@ -1124,19 +1380,13 @@ class _Server:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         drain_deadline = time.monotonic() + EXIT_DRAIN_S
-        while not (results.eof and errors.eof) and time.monotonic() < drain_deadline:
-            open_fds = [c.fd for c in (results, errors) if not c.eof]
-            select.select(open_fds, [], [], max(0.0, drain_deadline - time.monotonic()))
-            results.drain()
-            errors.drain()
-        complete, newline, _ = bytes(results.data).rpartition(b"\n")  # a cut-off last line is no message
-        header = {
-            "timed_out": timed_out,
-            "output_truncated": results.truncated,
-            "stderr": errors.data.decode("utf-8", "replace"),
-            "wall_s": round(time.monotonic() - started, 4),
-        }
-        return header, complete + newline
+        pending = {result_r: messages, err_r: errors}  # until end of file on each pipe
+        while pending and time.monotonic() < drain_deadline:
+            select.select(list(pending), [], [], max(0.0, drain_deadline - time.monotonic()))
+            for fd, buffer in list(pending.items()):
+                if buffer.drain(fd)[1]:
+                    del pending[fd]
+        return timed_out
 
     def _kill(self, pid: int) -> None:
         # pid is pid 1 of the job's namespace (its death takes the whole namespace down) or,
@@ -1150,7 +1400,7 @@ class _Server:
     def _job_main(
         self,
         target: Callable[..., None],
-        payload: Any,
+        payload_fd: int,
         wall_s: float,
         scratch: str,
         result_w: int,
@@ -1159,6 +1409,9 @@ class _Server:
         """The forked job process: lock itself down, run the target, never return."""
         exit_code = _EXIT_SETUP_FAILED
         try:
+            # First: dup2 below may reuse its number. (Plain reads: on a fork, every object a job
+            # touches costs a page copy, and file objects touch many.)
+            payload = json.loads(_read_fd(payload_fd, os.fstat(payload_fd).st_size) or b"")
             os.setsid()  # own session and process group (the kill unit without PID namespaces)
             os.chdir(scratch)
             devnull = os.open("/dev/null", os.O_RDWR)
@@ -1169,29 +1422,29 @@ class _Server:
             os.closerange(4, _max_fd())  # also the server's request/response pipes and pidns handle
             self._set_limits(wall_s)
             self.libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
-            if self.uid is not None:
-                os.setgroups([])
-                os.setresgid(self.uid, self.uid, self.uid)
-                os.setresuid(self.uid, self.uid, self.uid)
+            if self.user_isolated:
+                self._drop_capabilities()
             # After the uid change, which clears the parent-death signal. If the server died
             # before this line, the signal never comes; but then nobody reads our result pipe
             # any more, which poll() reports as an error on its write end.
             self.libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
             if _reader_gone(3):
                 os._exit(_EXIT_SETUP_FAILED)
-            os.environ.update(HOME=scratch, TMPDIR=scratch)
+            if not self.fs_isolated:  # (with a filesystem namespace, set once in the server)
+                os.environ.update(HOME=scratch, TMPDIR=scratch)
             if self.pid_isolated:
                 sys.addaudithook(_die_of_own_signals)
             if not (self.net_isolated and self.fs_isolated and self.pid_isolated):
                 guard = _AuditGuard(
                     scratch,
+                    readable=self.readable_paths,
                     block_network=not self.net_isolated,
                     guard_files=not self.fs_isolated,
                     block_processes=not self.pid_isolated,
                 )
                 sys.addaudithook(guard)
-            sys.stdin = open(os.devnull)  # noqa: SIM115 -- both live as long as the job
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            # sys.stdin and sys.stdout stay the server's, on fds 0 and 1, now /dev/null (the server
+            # never uses them: nothing is buffered in them).
             exit_code = 1
             target(payload, _Emitter(3))
             exit_code = 0
@@ -1211,41 +1464,80 @@ class _Server:
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.limits.max_open_files, self.limits.max_open_files))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
-        if self.uid is not None:  # per-uid count: meaningful only for a uid of our own
+        if self.user_isolated:  # per-uid count: meaningful only for a uid (or user namespace) of our own
             resource.setrlimit(resource.RLIMIT_NPROC, (self.limits.max_processes, self.limits.max_processes))
+
+    def _drop_capabilities(self) -> None:
+        """No capability now, none from any execve later (setuid binaries: see no_new_privs)."""
+        for capability in range(self.cap_last + 1):  # the bounding set caps what execve may grant
+            self.libc.prctl(_PR_CAPBSET_DROP, capability)
+        self.libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+        if self.uid is not None:  # leaving root clears the remaining sets
+            os.setgroups([])
+            os.setresgid(self.uid, self.uid, self.uid)
+            os.setresuid(self.uid, self.uid, self.uid)
+        else:  # uid 0 of our user namespace stays: make it an ordinary uid, then empty the sets
+            self.libc.prctl(_PR_SET_SECUREBITS, _SECUREBITS_NO_ROOT)
+            self.libc.clear_capabilities()
 
 
 class _EvaluatorGone(Exception):
     """The evaluator died while a job ran: the job is killed, cleaned up, and the server exits."""
 
 
-class _Capture:
-    """Non-blocking reader of one job pipe; keeps the first ``cap`` bytes, drops the rest."""
+class _PrivateBuffer:
+    """Job bytes (a payload, messages, stderr) in memory that no job ever maps.
 
-    def __init__(self, fd: int, cap: int) -> None:
-        self.fd = fd
-        self.cap = cap
-        self.data = bytearray()
+    An anonymous mapping marked ``MADV_DONTFORK`` (absent from every process forked while it
+    exists) and unmapped by ``close()``, which hands its pages back to the kernel, which zeroes
+    them before any reuse. Keeps the first ``capacity`` bytes read; later ones land in a spill
+    area and are dropped.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._map = mmap.mmap(-1, capacity + _SPILL_BYTES)
+        self._map.madvise(mmap.MADV_DONTFORK)
+        self.view = memoryview(self._map)
+        self.length = 0
         self.truncated = False
-        self.eof = False
-        os.set_blocking(fd, False)
 
-    def drain(self) -> bool:
-        """Read whatever is there; True when a complete line arrived."""
+    def fill_exactly(self, fd: int, size: int) -> bool:
+        """Read exactly ``size`` bytes from a blocking ``fd``; False at an early end of file."""
+        while self.length < size:
+            count = os.readv(fd, [self.view[self.length : size]])
+            if count == 0:
+                return False
+            self.length += count
+        return True
+
+    def drain(self, fd: int) -> tuple[bool, bool]:
+        """Read what a non-blocking ``fd`` holds: (a complete line arrived, end of file)."""
         got_line = False
-        while not self.eof:
+        while True:
+            start = self.length if self.length < self.capacity else self.capacity
+            end = self.capacity if self.length < self.capacity else self.capacity + _SPILL_BYTES
             try:
-                chunk = os.read(self.fd, 1 << 16)
+                count = os.readv(fd, [self.view[start:end]])
             except BlockingIOError:
-                break
-            if not chunk:
-                self.eof = True
-                break
-            got_line = got_line or b"\n" in chunk
-            room = self.cap - len(self.data)
-            self.truncated = self.truncated or len(chunk) > room
-            self.data += chunk[: max(room, 0)]
-        return got_line
+                return got_line, False
+            if count == 0:
+                return got_line, True
+            got_line = got_line or self._map.find(b"\n", start, start + count) >= 0
+            if start < self.capacity:
+                self.length += count
+            else:
+                self.truncated = True
+
+    def keep_complete_lines(self) -> None:
+        self.length = self._map.rfind(b"\n", 0, self.length) + 1
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self._map.close()
+        except BufferError:  # a slice of it lives on (an exception is unwinding): wipe it instead
+            self._map[:] = bytes(len(self._map))
 
 
 class _Emitter:
@@ -1255,9 +1547,7 @@ class _Emitter:
         self._fd = fd
 
     def __call__(self, message: Any) -> None:
-        view = memoryview((json.dumps(message, separators=(",", ":")) + "\n").encode())
-        while view:
-            view = view[os.write(self._fd, view) :]
+        _write_all(self._fd, (json.dumps(message, separators=(",", ":")) + "\n").encode())
 
 
 class _AuditGuard:
@@ -1277,9 +1567,17 @@ class _AuditGuard:
     _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
     def __init__(
-        self, scratch: str, *, block_network: bool, guard_files: bool, block_processes: bool
+        self,
+        scratch: str,
+        *,
+        readable: list[str],
+        block_network: bool,
+        guard_files: bool,
+        block_processes: bool,
     ) -> None:
-        self._scratch = os.path.realpath(scratch)
+        self._writable = (os.path.realpath(scratch), "/dev/null")
+        # What the read-only view of the filesystem layer would show, and the scratch.
+        self._readable = (*self._writable, *(os.path.realpath(path) for path in readable))
         self._block_network = block_network
         self._guard_files = guard_files
         self._block_processes = block_processes
@@ -1298,22 +1596,28 @@ class _AuditGuard:
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & self._WRITE_FLAGS
             )
-            if writing and not self._allowed(path):
+            if writing and not _within(path, self._writable):
                 raise PermissionError(
                     f"sandbox: writing outside the scratch directory is not allowed: {path!r}"
                 )
+            if not writing and not _within(path, self._readable):
+                raise PermissionError(
+                    f"sandbox: reading outside the Python installation and the scratch directory is not allowed: {path!r}"
+                )
         elif event in self._PATH_EVENTS:
             for path in args[:2]:
-                if isinstance(path, (str, bytes, os.PathLike)) and not self._allowed(path):
+                if isinstance(path, (str, bytes, os.PathLike)) and not _within(path, self._writable):
                     raise PermissionError(
                         f"sandbox: changing files outside the scratch directory is not allowed: {path!r}"
                     )
 
-    def _allowed(self, path: Any) -> bool:
-        if isinstance(path, int):  # an already-open descriptor
-            return True
-        real = os.path.realpath(os.fsdecode(path))
-        return real == "/dev/null" or real == self._scratch or real.startswith(self._scratch + os.sep)
+
+def _within(path: Any, roots: tuple[str, ...]) -> bool:
+    """Whether ``path`` (once symlinks are resolved) is one of ``roots`` or lies below one."""
+    if isinstance(path, int):  # an already-open descriptor
+        return True
+    real = os.path.realpath(os.fsdecode(path))
+    return any(real == root or real.startswith(root + os.sep) for root in roots)
 
 
 _NOT_FATAL_BY_DEFAULT = frozenset(
@@ -1352,10 +1656,113 @@ def _unneeded_directory(needed: list[str]) -> str:
     """An existing directory, by FHS convention one for temporary mounts, that holds nothing
     the job must see (covering it in a private namespace then hides nothing we bind)."""
     for candidate in ("/mnt", "/media", "/srv", "/tmp"):
-        if os.path.isdir(candidate) and not os.path.islink(candidate):
-            if not any(path == candidate or path.startswith(candidate + "/") for path in needed):
-                return candidate
+        if os.path.isdir(candidate) and not os.path.islink(candidate) and not _holds_any(candidate, needed):
+            return candidate
     raise OSError(0, "no directory to build the read-only view on")
+
+
+def _holds_any(directory: str, paths: list[str]) -> bool:
+    return any(path == directory or path.startswith(directory + "/") for path in paths)
+
+
+def _kept_mount_flags(mount_point: str) -> int:
+    """The flags a read-only remount of ``mount_point`` must repeat: the kernel refuses (EPERM)
+    to clear noexec, nodev or an atime setting of a mount a user namespace inherited."""
+    current = os.statvfs(mount_point).f_flag
+    flags = _MS_STRICTATIME if not current & (os.ST_NOATIME | os.ST_RELATIME) else 0
+    for statvfs_flag, mount_flag in (
+        (os.ST_NOEXEC, _MS_NOEXEC),
+        (os.ST_NODEV, _MS_NODEV),
+        (os.ST_NOATIME, _MS_NOATIME),
+        (os.ST_NODIRATIME, _MS_NODIRATIME),
+        (os.ST_RELATIME, _MS_RELATIME),
+    ):
+        if current & statvfs_flag:
+            flags |= mount_flag
+    return flags
+
+
+def _has_capability(capability: int) -> bool:
+    with open("/proc/self/status") as fh:
+        effective = next(line.split()[1] for line in fh if line.startswith("CapEff:"))
+    return bool(int(effective, 16) >> capability & 1)
+
+
+def _user_namespace_refusal() -> str:
+    """'' when this process may create a user namespace and map its uid in it, else why not.
+
+    Tried in a throwaway child first: a half-set-up user namespace (created, uid unmapped) could
+    not be left again.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            _enter_user_namespace(_Libc())
+            os._exit(0)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                os.write(write_end, str(exc).encode()[:500])
+            os._exit(1)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        why = reader.read().decode("utf-8", "replace")
+    _, status = os.waitpid(pid, 0)
+    if status == 0:
+        return ""
+    return f"user namespaces refused: {why or f'probe exited with status {status}'}"
+
+
+def _enter_user_namespace(libc: _Libc) -> None:
+    """Become uid 0 of a fresh user namespace, mapped to our own uid (and gid) outside.
+
+    Inside it we hold every capability over the namespaces we create from now on, and none over
+    anything else; uid 0 is the one an IPC namespace's sysctls accept writes from.
+    """
+    uid, gid = os.geteuid(), os.getegid()
+    libc.unshare(_CLONE_NEWUSER)
+    # setgroups must be denied before an unprivileged process may write its gid_map.
+    maps = {"setgroups": "deny", "uid_map": f"0 {uid} 1\n", "gid_map": f"0 {gid} 1\n"}
+    for name, text in maps.items():
+        with open(f"/proc/self/{name}", "w") as fh:
+            fh.write(text)
+
+
+def _keep(server: int, evaluator: int) -> None:
+    """The keeper: outside the server's PID namespace, it can still see the evaluator go (the
+    server's getppid() is 0 there) and then kills the server, which takes its whole namespace
+    -- every job -- with it. Exits with the server's status; never returns."""
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1):  # the evaluator sees EOF when the server alone closes the pipes
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    pidfd = os.pidfd_open(server)
+    while not _select_read(pidfd, PARENT_POLL_S):
+        if os.getppid() != evaluator:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+            break
+    _, status = os.waitpid(server, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _weak_isolation_warning(mode: str, missing: dict[str, str], user_note: str) -> str:
+    """The loud line for a server that could not get every kernel layer."""
+    if mode == "audit":
+        cause = "audit mode was requested"
+    else:
+        missing = {**missing, "user": user_note}
+        cause = "; ".join(f"no {layer} isolation: {why}" for layer, why in missing.items() if why)
+    return (
+        f"SANDBOX WARNING: untrusted code is NOT kernel-isolated on this host ({cause}). It is "
+        "contained only by best-effort audit hooks, which code can get past (ctypes tricks, C "
+        "extensions). For namespace isolation run the evaluator as root, or as any user on a kernel "
+        "that allows unprivileged user namespaces: sysctl user.max_user_namespaces > 0, "
+        "kernel.unprivileged_userns_clone=1 (Debian/Ubuntu kernels), "
+        "kernel.apparmor_restrict_unprivileged_userns=0 (Ubuntu 23.10+); in a container, a seccomp "
+        "profile that allows unshare(CLONE_NEWUSER) and mount."
+    )
 
 
 def _mounts_under(root: str) -> list[str]:
@@ -1377,6 +1784,23 @@ def _mounts_under(root: str) -> list[str]:
             ours.add(mount_id)
             points.append(point)
     return sorted(points, key=lambda p: p.count("/"))
+
+
+def _read_fd(fd: int, size: int) -> bytes | None:
+    """Exactly ``size`` bytes from a blocking ``fd``; None at an early end of file."""
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _reader_gone(fd: int) -> bool:

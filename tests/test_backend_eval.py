@@ -7,7 +7,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -100,7 +102,7 @@ def test_a_correct_answer_succeeds(evaluator):
     assert result.success and result.tests_passed == 1.0
     assert [(t.expected, t.got) for t in result.tests[:3]] == [("0", "0"), ("2", "2"), ("4", "4")]
     scores = result.to_scores()
-    assert set(scores) == {"tests_passed", "success", "tests", "sandbox"}
+    assert set(scores) == {"tests_passed", "success", "scoring", "tests", "sandbox"}
     assert scores["tests"][0] == {
         "name": "test1",
         "call": "double(0)",
@@ -167,6 +169,7 @@ def test_a_changed_reference_is_not_served_from_the_cache(evaluator):
 # -- hostile answers: each is a failed test, never a crash of the evaluator ----------------------
 
 LISTENER_PORT = "{port}"  # filled in by the test below
+EVALUATOR_PID = "{evaluator}"
 HOSTILE_ON_3 = {
     "infinite loop": "while True:\n            pass",
     "uninterruptible C loop": "sum(range(10 ** 13))",
@@ -178,6 +181,15 @@ HOSTILE_ON_3 = {
     "exit the process": "os._exit(0)",
     "raise SystemExit": "raise SystemExit(0)",
     "signal handler swallowing timeouts": "signal.signal(signal.SIGALRM, signal.SIG_IGN)\n        while True:\n            pass",
+    # Values that would fool a comparison made with the answer's own methods (none is made).
+    "__eq__ always True": "class Anything:\n            def __eq__(self, other):\n                return True\n        return Anything()",
+    "__eq__ never returns": "class Stuck:\n            def __eq__(self, other):\n                while True:\n                    pass\n        return Stuck()",
+    "__repr__ never returns": "class Mute:\n            def __repr__(self):\n                while True:\n                    pass\n        return Mute()",
+    # libc through ctypes, past any audit hook: each passes its test only if the escape works.
+    "ctypes: create a host file": f"import ctypes\n        assert ctypes.CDLL(None).open({str(REPO / 'collab-escape-backend').encode()!r}, 0o101, 0o644) >= 0",
+    "ctypes: signal the evaluator": f"import ctypes\n        assert ctypes.CDLL(None).kill({EVALUATOR_PID}, 0) == 0",
+    "ctypes: leave the chroot": "import ctypes\n        assert ctypes.CDLL(None).chroot(b'/usr') == 0",
+    "ctypes: a user namespace of its own": "import ctypes\n        assert ctypes.CDLL(None).unshare(0x10000000) == 0",
 }
 
 
@@ -187,6 +199,7 @@ def test_a_hostile_call_fails_only_its_own_test(evaluator, behaviour):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         code = HOSTILE_ON_3[behaviour].replace(LISTENER_PORT, str(listener.getsockname()[1]))
+        code = code.replace(EVALUATOR_PID, str(os.getpid()))
         answer = (
             f"import os, signal, socket\ndef double(x):\n    if x == 3:\n        {code}\n    return 2 * x\n"
         )
@@ -196,7 +209,8 @@ def test_a_hostile_call_fails_only_its_own_test(evaluator, behaviour):
         with pytest.raises(TimeoutError):
             listener.accept()  # no connection ever arrived
     assert failed(result) == ["test4"], result.tests
-    assert result.tests[3].error  # says why: timed out, killed, refused...
+    # Says why: timed out, killed, refused... or it returned an object that is no 6.
+    assert result.tests[3].error or result.tests[3].got.startswith("<solution.double.<locals>.")
     assert not (REPO / "collab-escape-backend").exists()
     assert time.monotonic() - started < 30
 
@@ -223,16 +237,188 @@ def test_an_answer_cannot_cheat(evaluator):
         "    return found[0](x)"
     )
     result = evaluator.evaluate(double_task(f"snoop-{uuid.uuid4().hex}"), snoop)
-    assert result.tests_passed == 0.0 and "gc.get_objects" in result.tests[0].error
+    assert result.tests_passed == 0.0 and "IndexError" in result.tests[0].error  # not in its process
 
 
-def test_task_files_are_out_of_reach_of_answers(namespaced):
+def test_task_files_are_out_of_reach_of_answers(evaluator):
     reader = f"def double(x):\n    return len(open({str(COLBENCH_DEV)!r}).read()) * 0 + 2 * x"
-    result = namespaced.evaluate(double_task(), reader)
-    if namespaced.sandbox.isolation.filesystem_isolated:
-        assert result.tests_passed == 0.0 and "FileNotFoundError" in result.tests[0].error
-    else:  # the audit fallback guards writes only; the result says so
+    result = evaluator.evaluate(double_task(), reader)
+    assert result.tests_passed == 0.0
+    if evaluator.sandbox.isolation.filesystem_isolated:  # not even there
+        assert "FileNotFoundError" in result.tests[0].error
+    else:  # refused by the audit hook (best effort); the result says so
+        assert "PermissionError" in result.tests[0].error
         assert "audit hook" in result.to_scores()["sandbox"]["isolation"]["filesystem"]
+
+
+def test_every_result_carries_the_isolation_and_any_warning(evaluator):
+    isolation = evaluator.evaluate(double_task(), DOUBLE).to_scores()["sandbox"]["isolation"]
+    assert isolation["mode"] == evaluator.sandbox.isolation.mode
+    if isolation["mode"] == "audit":
+        assert "NOT kernel-isolated" in isolation["warning"] and "user namespaces" in isolation["warning"]
+    else:
+        assert isolation["warning"] == ""
+
+
+POISONER = """
+import builtins, os, random, sys, time
+builtins.sorted = lambda *args, **kwargs: [42]
+random.seed = lambda *args, **kwargs: None
+random.random = lambda: 0.5
+sys.modules["math"] = None
+os.environ["PYTHONPATH"] = os.getcwd()
+for name in ("math.py", "json.py", "random.py", "sitecustomize.py", "usercustomize.py"):
+    for directory in (os.getcwd(), os.environ["HOME"], "/tmp"):
+        try:
+            with open(os.path.join(directory, name), "w") as fh:
+                fh.write("raise SystemExit('poisoned')")
+        except OSError:
+            pass
+try:
+    if os.fork() == 0:  # a lingering child that would forge the next job's results
+        time.sleep(2)
+        os.write(3, b'{"kind": "call", "program": "reference", "name": "test1", "value": 0}\\n')
+        os._exit(0)
+except OSError:
+    pass
+def double(x):
+    return 2 * x
+"""
+NEXT_REFERENCE = (
+    "import json, math, random\n"
+    "def stats(xs):\n"
+    "    return [sorted(xs), math.floor(2.5), random.random(), json.dumps(xs), len(xs)]\n"
+)
+
+
+def test_a_hostile_answer_cannot_poison_the_next_evaluation(evaluator):
+    mode = evaluator.sandbox.mode
+    with BackendEvaluator(workers=1, per_test_timeout_s=0.5, load_timeout_s=2.0, mode=mode) as one:
+        for _ in range(2):  # one server runs everything, twice over
+            assert one.evaluate(double_task(f"poison-{uuid.uuid4().hex}"), POISONER).tests  # scored
+            task = Task(
+                id=f"next-{uuid.uuid4().hex}",
+                kind="backend",
+                problem_description="p",
+                ground_truth=NEXT_REFERENCE,
+                test_cases={"test1": "stats([3, 1, 2])", "test2": "stats([])"},
+            )
+            result = one.evaluate(task, NEXT_REFERENCE)
+            assert result.success, result.tests
+            # The reference itself ran unpoisoned: real sorted, math, json and random (seed 0).
+            assert result.tests[0].expected == repr([[1, 2, 3], 2, 0.8444218515250481, "[3, 1, 2]", 3])
+            assert not one.evaluate(task, NEXT_REFERENCE.replace("sorted(xs)", "xs")).success
+
+
+# An answer that hunts for the expected outputs: in raw memory (numpy's array interface, no
+# ctypes), in files, in the environment, among live objects and up the stack. Finding one, it
+# returns it (and passes); else it reports where it looked. The canary, a value of its own made
+# at run time, proves that its memory scan does read memory.
+HUNTER = r"""
+import gc, os, re, sys, time
+
+CANARY = "CANARY-" + os.urandom(8).hex()
+FOUND = set()
+LOOKED = {"pages": 0, "files": {}}
+PATTERN = re.compile(rb"(?:SECRET|CANARY)-[0-9a-f]{16}")
+SECRET = "SECRET" + "-"
+
+
+def found_in(data):
+    FOUND.update(match.decode() for match in PATTERN.findall(data))
+
+
+def scan_memory():
+    import numpy
+
+    class Page:
+        def __init__(self, address):
+            self.__array_interface__ = {"data": (address, True), "shape": (4096,), "typestr": "|u1", "version": 3}
+
+    r, w = os.pipe()  # a write from an unmapped page fails (EFAULT) instead of crashing
+    anchors = {id(o) & ~0xFFF for o in (Page, os, numpy, CANARY, FOUND, gc, [0] * 100, 1.5)}
+    seen, deadline = set(), time.monotonic() + 0.8
+    for radius in range(0, 64 << 20, 4096):
+        for page in {a + d for a in anchors for d in (-radius, radius)} - seen:
+            seen.add(page)
+            try:
+                count = os.write(w, memoryview(numpy.asarray(Page(page))))
+            except (OSError, ValueError):
+                continue
+            LOOKED["pages"] += 1
+            found_in(os.read(r, count))
+        if time.monotonic() > deadline:
+            return
+
+
+def scan_files():
+    for path in PATHS + ["/proc/self/environ", "/proc/self/cmdline", "/proc/1/environ"]:
+        try:
+            with open(path, "rb") as fh:
+                found_in(fh.read())
+            LOOKED["files"][path] = "read"
+        except OSError as exc:
+            LOOKED["files"][path] = type(exc).__name__
+    found_in(repr(dict(os.environ)).encode())
+
+
+def scan_objects():
+    frame = sys._getframe()
+    while frame is not None:
+        found_in(repr(frame.f_locals)[:1_000_000].encode())
+        frame = frame.f_back
+    for obj in gc.get_objects():
+        if isinstance(obj, str) and SECRET in obj:
+            found_in(obj.encode())
+
+
+scan_memory()
+scan_files()
+
+
+def f(x):
+    scan_objects()
+    secrets = sorted(s for s in FOUND if s.startswith(SECRET))
+    if secrets:
+        return secrets[0] + str(x)
+    return {"canary seen": CANARY in FOUND, "pages read": LOOKED["pages"] > 0, "files": LOOKED["files"]}
+"""
+
+
+def test_an_answer_cannot_read_the_reference_or_its_results_from_anywhere(evaluator):
+    pytest.importorskip("numpy")  # the hunter's raw-memory reader needs it
+    secret = "SECRET-" + uuid.uuid4().hex[:16]
+
+    def secret_task() -> Task:
+        return Task(
+            id=f"secret-{uuid.uuid4().hex}",
+            kind="backend",
+            problem_description="p",
+            ground_truth=f"def f(x):\n    return {secret!r} + str(x)\n",
+            test_cases={f"test{i + 1}": f"f({i})" for i in range(3)},
+        )
+
+    # The expected outputs also lie on disk, readable by anyone, as in a task file.
+    on_disk = Path(tempfile.mkdtemp(prefix="collab-expected-")) / "expected.json"
+    on_disk.parent.chmod(0o755)
+    on_disk.write_text(json.dumps({"test1": secret + "0"}))
+    hunter = HUNTER.replace("PATHS + ", f"{[str(on_disk), str(COLBENCH_DEV)]!r} + ")
+    mode = evaluator.sandbox.mode
+    try:
+        with BackendEvaluator(workers=1, per_test_timeout_s=1.0, load_timeout_s=3.0, mode=mode) as one:
+            known = secret_task()
+            assert one.evaluate(known, known.ground_truth).success  # its results went through this server
+            results = {
+                "scored against the cached reference": one.evaluate(known, hunter),
+                "right after its reference ran": one.evaluate(secret_task(), hunter),
+            }
+    finally:
+        shutil.rmtree(on_disk.parent)
+    for when, result in results.items():
+        report = result.tests[0].got or ""
+        assert result.tests_passed == 0.0 and secret not in report, (when, result.tests)
+        assert "'canary seen': True" in report and "'pages read': True" in report, (when, result.tests)
+        assert f"{str(on_disk)!r}: 'read'" not in report, (when, report)
 
 
 # -- episodes and self-checks --------------------------------------------------------------------

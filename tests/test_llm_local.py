@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from contextlib import nullcontext
+from dataclasses import replace
 
 import pytest
 import torch
 
 from simulators.llm import GenerationConfig, ModelError, load_model
-from simulators.llm.local import LocalModel
+from simulators.llm.local import LocalModel, PrefixCache, idle_cpu_threads, truncate_at_stop
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -81,11 +84,119 @@ def test_shared_prompt_sampling_matches_plain_generate(tiny):
     assert samples == [texts[:3], texts[3:]]
 
 
+def generate_on_the_padded_batch(model: LocalModel, prompts: list[str], config: GenerationConfig, n: int = 1):
+    """What ``sample`` returned before issue 12: one ``model.generate`` over the left-padded batch."""
+    batch = model.tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+    if config.temperature > 0:
+        sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=0,
+                        num_return_sequences=n)
+    else:
+        sampling = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    stops = dict(stop_strings=config.stop, tokenizer=model.tokenizer) if config.stop else {}
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    output = model.model.generate(**batch, max_new_tokens=config.max_new_tokens, pad_token_id=model.pad_token_id,
+                                  **sampling, **stops)
+    texts = model.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = [truncate_at_stop(text, config.stop) for text in texts]
+    copies = n if config.temperature > 0 else 1
+    return [texts[i * copies:(i + 1) * copies] * (n // copies) for i in range(len(prompts))]
+
+
+def decode_batch_sizes(model: LocalModel) -> tuple[list[int], object]:
+    """The batch size of every one-token forward pass of ``model`` (a forward hook); remove the handle after."""
+    sizes: list[int] = []
+
+    def record(module, args, kwargs):
+        input_ids = kwargs.get("input_ids")
+        if input_ids is not None and input_ids.shape[1] == 1:
+            sizes.append(input_ids.shape[0])
+
+    return sizes, model.model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("ending", ["end-of-sequence token", "stop string"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_leave_the_batch_when_they_end_and_outputs_stay_those_of_generate(tiny_model_dir, ending, temperature):
+    model = LocalModel(tiny_model_dir)  # its own copy: the end-of-sequence tokens are changed below
+    prompts = [model.format_prompt(m) for m in (MESSAGES, OTHER_MESSAGES, [{"role": "user", "content": "def add"}])]
+    config = GenerationConfig(max_new_tokens=40, temperature=temperature, seed=3)
+    if ending == "stop string":
+        config.stop = ["at", "ell"]
+    else:  # frequent tokens of the random model end its sequences, each at its own step
+        model.model.generation_config.eos_token_id = [model.tokenizer.eos_token_id] + model.encode("at ell")
+    expected = generate_on_the_padded_batch(model, prompts, config, n=2)
+
+    sizes, hook = decode_batch_sizes(model)
+    try:
+        got = model.generate_texts(prompts, n=2, config=config)
+    finally:
+        hook.remove()
+
+    assert got == expected
+    rows = 6 if temperature > 0 else 3
+    assert sizes[0] == rows and min(sizes) < rows  # some rows ended early and left the batch
+    assert len({len(text) for candidates in got for text in candidates}) > 1
+
+
 def test_greedy_sample_in_a_padded_batch_equals_chat(tiny):
     # The two prompts have different lengths, so the shorter one is left-padded in the batch.
     batched = tiny.sample([MESSAGES, OTHER_MESSAGES], n=2, config=GREEDY)
     assert batched[0] == [tiny.chat(MESSAGES, GREEDY).text] * 2
     assert batched[1] == [tiny.chat(OTHER_MESSAGES, GREEDY).text] * 2
+
+
+@pytest.mark.parametrize("config", [GREEDY, GenerationConfig(max_new_tokens=24, temperature=1.0, seed=5)],
+                         ids=["greedy", "sampled"])
+def test_reused_prefixes_give_the_tokens_of_a_fresh_encoding(tiny_model_dir, config):
+    """Three rounds of two growing dialogues: with ``reuse_prefixes`` each prompt is encoded only
+    from where it leaves the last one's keys/values, and every reply is the same as without."""
+    model = LocalModel(tiny_model_dir)
+    fed: list[int] = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].numel()), with_kwargs=True)
+
+    def three_rounds(reuse: bool) -> tuple[list, int]:
+        dialogues, replies, start = [list(MESSAGES), list(OTHER_MESSAGES)], [], len(fed)
+        with model.reuse_prefixes() if reuse else nullcontext():
+            for round_index in range(3):
+                outputs = model.sample(dialogues, config=replace(config, seed=(config.seed or 0) + round_index))
+                replies.append(outputs)
+                for dialogue, (reply,) in zip(dialogues, outputs):
+                    dialogue += [{"role": "assistant", "content": reply},
+                                 {"role": "user", "content": "The list may be empty; return 0 then."}]
+        return replies, sum(fed[start:])
+
+    try:
+        fresh, fresh_tokens = three_rounds(reuse=False)
+        reused, reused_tokens = three_rounds(reuse=True)
+    finally:
+        hook.remove()
+
+    assert reused == fresh
+    assert reused_tokens < 0.8 * fresh_tokens  # the later prompts' shared prefixes were not run again
+    assert model._prefixes is None  # the keys/values are dropped when the block closes
+
+
+def test_prefix_cache_takes_the_longest_match_and_keeps_to_its_budget():
+    def layers(length: int):  # one layer, 16 bytes of keys and values a token
+        return [(torch.zeros(1, 1, length, 2), torch.zeros(1, 1, length, 2))]
+
+    cache = PrefixCache(budget_bytes=16 * 10)
+    cache.add([1, 2, 3, 4], layers(4), prompt_length=2)
+    cache.add([1, 2, 9], layers(3), prompt_length=2)
+    entry, length = cache.take_longest_prefix([1, 2, 3, 4, 5])
+    assert entry.ids.tolist() == [1, 2, 3, 4] and length == 4
+    assert [e.ids.tolist() for e in cache.entries.values()] == [[1, 2, 9]]  # superseded: its prompt was all reused
+    entry, length = cache.take_longest_prefix([1, 7])
+    assert entry.ids.tolist() == [1, 2, 9] and length == 1 and len(cache.entries) == 1  # another dialogue: kept
+    assert cache.take_longest_prefix([5, 6]) == (None, 0)
+    cache.add([5] * 8, layers(8), prompt_length=1)  # 11 tokens > 10: the least recently used goes
+    assert [e.ids.tolist() for e in cache.entries.values()] == [[5] * 8] and cache.nbytes == 16 * 8
+
+
+def test_idle_cpu_threads_is_between_one_and_the_cores_of_this_process():
+    assert 1 <= idle_cpu_threads() <= len(os.sched_getaffinity(0))
 
 
 def test_stream_deltas_join_to_the_unstreamed_reply(tiny):

@@ -3,16 +3,17 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from simulators.domain import ANSWER_MARKER
+from simulators.domain import ANSWER_MARKER, Turn
 from simulators.frontend_eval import extract_html
-from simulators.humans import SimulatedHuman
-from simulators.llm import load_model
+from simulators.humans import BACKEND_REPLY_LIMIT, SimulatedHuman, clean_reply, reply_is_settled
+from simulators.llm import GenerationConfig, load_model
 from simulators.llm.scripted import ScriptedModel
-from simulators.rollout import RolloutConfig, run_rollouts
+from simulators.rollout import EpisodeProgress, RolloutConfig, new_episode, play, run_rollouts
 from simulators.tasks import load_episodes, load_sample_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +51,76 @@ def test_round_limit_and_resume_and_best_of_n(tmp_path, backend_tasks, tiny_mode
         (backend_tasks[2].id, k) for k in range(2))
     stored = load_episodes(config.out).items
     assert len(stored) == 6 and len({(e.task.id, e.meta["sample"]) for e in stored}) == 6
+
+
+HIDDEN = "def shipping_cost(weight_kg, express):\n    base = 4.5 if weight_kg <= 2 else 9.0\n    return base"
+REPLIES = [
+    "Yes, express doubles the price. The threshold is 2 kg. Anything heavier costs 9.",
+    "User: The threshold is 2 kg.\nExpress doubles it! Nothing else matters? Right.",
+    "Sure.\n    base = 4.5 if weight_kg <= 2 else 9.0\nThat is all. Thanks a lot.",
+    "Look:\n```python\ndef f(): pass\n```\nNo rounding. Keep the order. Done.",
+    "de\ndefinitely 2 kg. It doubles. Bye.",
+    "I don't mind! Use <div>x</div> if you like. Fine. Ok.",
+]
+ENDINGS = ["", " More. Text.", "```", "``", "`", "<div>", "<", "\ndef x():", "\nimport os", "ivider.",
+           "\n    base = 4.5 if weight_kg <= 2 else 9.0", ": colon.", "\r\nnext line."]
+
+
+def test_a_settled_reply_is_cleaned_the_same_whatever_follows():
+    settled_prefixes = 0
+    for reply in REPLIES:
+        for cut in range(len(reply) + 1):
+            prefix = reply[:cut]
+            if not reply_is_settled(prefix, hidden=HIDDEN, max_sentences=2):
+                continue
+            settled_prefixes += 1
+            cleaned = clean_reply(prefix, limit=BACKEND_REPLY_LIMIT, hidden=HIDDEN, max_sentences=2)
+            for more in [reply[cut:]] + ENDINGS + [ending + reply[cut:] for ending in ENDINGS]:
+                assert clean_reply(prefix + more, limit=BACKEND_REPLY_LIMIT, hidden=HIDDEN,
+                                   max_sentences=2) == cleaned, (prefix, more)
+    assert settled_prefixes > 20  # most replies settle well before their end
+    assert not reply_is_settled("Yes. It is 2 kg. ```", hidden=HIDDEN, max_sentences=2)  # a block may open
+
+
+def test_simulator_replies_are_those_of_the_whole_generation_cleaned(tiny_model_dir, backend_tasks):
+    """The simulated human may stop generating once its reply is settled; what it says is what the
+    whole 160-token generation says, cleaned."""
+    model = load_model(str(tiny_model_dir))
+    human = SimulatedHuman(model, max_new_tokens=160)
+    episodes = [new_episode(task, human=human.name, agent_model="scripted") for task in backend_tasks]
+    for episode, question in zip(episodes, ["Which edge cases matter?", "Any rounding?", "What about empty input?"]):
+        episode.turns.append(Turn(role="agent", content=question))
+    full = model.sample([human.messages(e) for e in episodes], config=GenerationConfig(max_new_tokens=160))
+    assert human.replies(episodes) == [human.clean(e.task, texts[0]) for e, texts in zip(episodes, full)]
+
+
+def test_rollouts_are_reproducible_for_a_seed_and_report_each_round(tiny_model_dir, backend_tasks):
+    agent = load_model(str(tiny_model_dir))  # random text: never answers, so every episode plays 3 rounds
+    human = SimulatedHuman(agent, max_new_tokens=8)
+    config = RolloutConfig(max_rounds=3, agent_max_new_tokens=8, seed=1)
+
+    def played(config: RolloutConfig):
+        episodes = [new_episode(task, human=human.name, agent_model=agent.name) for task in backend_tasks]
+        rounds: list[list[int]] = []
+        play(episodes, agent, human, config, on_round=lambda played: rounds.append([e.rounds for e in played]))
+        return [[(t.role, t.content) for t in e.turns] for e in episodes], rounds
+
+    dialogues, rounds = played(config)
+    assert played(config)[0] == dialogues
+    assert played(replace(config, seed=2))[0] != dialogues
+    assert rounds == [[1] * 3, [2] * 3, [3] * 3]
+
+
+def test_progress_counts_rounds_as_fractions_and_ended_episodes_as_one(backend_tasks):
+    progress = EpisodeProgress(total=2, max_rounds=4, disable=True)
+    first, second = (new_episode(task, human="h", agent_model="a") for task in backend_tasks[:2])
+    first.turns.append(Turn(role="agent", content="?"))
+    progress.advance([first, second])
+    assert progress.progress == pytest.approx(0.25) and progress.done == 0
+    second.turns.append(Turn(role="agent", content=f"{ANSWER_MARKER} def f(): pass"))
+    second.answer = "def f(): pass"
+    progress.advance([first, second])
+    assert progress.progress == pytest.approx(1.25) and progress.done == 1
 
 
 def simulators_cli(args: list[str], timeout: float) -> dict:

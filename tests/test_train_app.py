@@ -35,8 +35,8 @@ TASKS = [
 ]
 # Train tab settings, in the order of its inputs: kind, mode, since days, minimum sessions, algorithm,
 # best-of-N, critic epochs, held-out tasks, longest agent turn, auto-promote, margin, continuous,
-# human pairs for the actor, for the critic, rounds per evaluation episode.
-SETTINGS = ["any", "any", 0, 4, "sweet", 2, 1, 1, 32, False, 0.0, 0, True, True, 1]
+# human pairs for the actor, for the critic, rounds per evaluation episode, evaluation episodes per task.
+SETTINGS = ["any", "any", 0, 4, "sweet", 2, 1, 1, 32, False, 0.0, 0, True, True, 1, 1]
 
 
 def log_sessions(db, tokenizer) -> None:
@@ -123,6 +123,9 @@ def test_train_promote_hot_swap_kill_resume_and_rollback(tmp_path, tiny_model_di
         wait_for_state(client, "finished")
         _, gate = status(client)
         assert "Evaluation gate · v0001 vs its parent (1 tasks)" in gate and "| reward |" in gate
+        # The paired difference with its CI and n, and a verdict: one task can never promote.
+        assert "95% CI [" in gate and "n=1 over 1 tasks" in gate
+        assert "**⚠️ underpowered** — underpowered: n=1, CI [" in gate or "**✖ no gain** — no gain: n=1, CI [" in gate
         (run,) = sorted((home / "runs").glob("run-*"))
         version = json.loads((run / "version.json").read_text())
         assert version["evaluation"]["held_out"] is True and version["promoted"] is False

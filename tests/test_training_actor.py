@@ -36,21 +36,26 @@ def test_ranked_pairs_take_chosen_from_the_top_half_and_rejected_from_the_bottom
     assert ranked_pairs(["a", "b", "c"], [3.0, 2.0, 1.0], 4, random.Random(0)) == [(0, 2)]  # middle one left out
 
 
-def test_all_candidates_of_a_turn_come_from_one_generate_call(tiny_model_dir):
+def test_all_candidates_of_a_turn_come_from_one_batched_decode(tiny_model_dir):
     config = ActorConfig(model=str(tiny_model_dir), best_of_n=6, max_new_tokens=8, sampler="hf", progress=False)
     model, tokenizer = load_lora_model(config.model, config, device=torch.device("cpu"))
-    calls = []
-    generate = model.generate
+    forwards = []  # (rows, tokens) of every forward pass
 
-    def counted_generate(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape)
-        return generate(*args, **kwargs)
+    def record(module, args, kwargs):
+        forwards.append(tuple(kwargs["input_ids"].shape))
 
-    model.generate = counted_generate
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
     records = [TurnRecord(PROMPT, "", "c", "t", 0, 0), TurnRecord(PROMPT + "def", "", "c", "t", 0, 1)]
     candidates = sample_candidates(model, tokenizer, records, config, progress=False)
+    hook.remove()
     assert [len(c) for c in candidates] == [6, 6]
-    assert [shape[0] for shape in calls] == [6, 6]  # one generate call per turn, its N candidates batched
+    # Per turn: the prompt is encoded once (one row, many tokens), then its N candidates decode
+    # together, one token per row per step (rows leave as they end).
+    prompts = [i for i, (rows, tokens) in enumerate(forwards) if tokens > 1]
+    assert len(prompts) == 2 and all(forwards[i][0] == 1 for i in prompts)
+    for start, end in zip(prompts, prompts[1:] + [len(forwards)]):
+        steps = forwards[start + 1:end]
+        assert steps and steps[0] == (6, 1) and all(tokens == 1 and rows <= 6 for rows, tokens in steps)
     assert len(set(candidates[0])) > 1  # sampled, not one greedy answer repeated
 
 

@@ -4,8 +4,10 @@ running one of them in place of SWEET's critic and actor."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 
 from simulators.domain import Task
 from simulators.llm import load_model
@@ -46,13 +48,18 @@ def log_of(out):
 
 
 def test_rft_learns_the_agent_turns_of_the_best_trajectory(tiny_model_dir, episodes, tmp_path):
-    summary = train_rft(RFTConfig(**options(tiny_model_dir, tmp_path / "rft", epochs=8)), episodes)
+    summary = train_rft(RFTConfig(**options(tiny_model_dir, tmp_path / "rft", epochs=16)), episodes)
     assert summary["trajectories"] == 1  # only the successful one
     log = log_of(tmp_path / "rft")
     assert log[-1]["loss"] < 0.5 * log[0]["loss"]
     tuned, base = load_model(str(tiny_model_dir), adapter=summary["adapter"]), load_model(str(tiny_model_dir))
     prompt = episodes[0].agent_turns[-1].input
     assert sum(tuned.completion_logprobs(prompt, GOOD[-1])) > sum(base.completion_logprobs(prompt, GOOD[-1])) + 10
+    # ... and it learnt to stop there: the end-of-turn token after each message is trained too.
+    for turn in episodes[0].agent_turns:
+        stop_tuned = tuned.completion_logprobs(turn.input, turn.content + "<|im_end|>")[-1]
+        stop_base = base.completion_logprobs(turn.input, turn.content + "<|im_end|>")[-1]
+        assert stop_tuned > max(stop_base + 2.0, math.log(0.5))
 
 
 def test_multi_turn_dpo_raises_the_trajectory_margin(tiny_model_dir, episodes, tmp_path):
@@ -60,6 +67,9 @@ def test_multi_turn_dpo_raises_the_trajectory_margin(tiny_model_dir, episodes, t
     log = log_of(tmp_path / "mtdpo")
     assert summary["pairs"] == 1 and log[0]["margin"] == pytest.approx(0.0, abs=1e-6)
     assert log[-1]["margin"] > 1.0 and log[-1]["accuracy"] == 1.0
+    # π_ref's log-probs are kept in --out under the name of the model that computed them.
+    cache = torch.load(tmp_path / "mtdpo" / "reference_logprobs.pt")
+    assert cache["model"].startswith(str(tiny_model_dir.resolve())) and len(cache["logprobs"]) == 2
     # Re-running reuses the finished run instead of training again.
     assert train_mtdpo(MTDPOConfig(**options(tiny_model_dir, tmp_path / "mtdpo", epochs=8)), episodes)["reused"]
 

@@ -9,6 +9,7 @@ preferred trajectory of an ABC task and the rejected one of an XYZ task are the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +18,15 @@ from torch import nn
 from simulators.domain import Task
 from simulators.llm.scripted import ScriptedModel
 from simulators.tasks import TaskFileError
-from training.critic import CriticConfig, load_critic, pairwise_accuracy, train_critic
-from training.data import trajectory_pairs
+from training.critic import (
+    CriticConfig,
+    CriticSettings,
+    build_critic,
+    load_critic,
+    pairwise_accuracy,
+    train_critic,
+)
+from training.data import dialogue_tokens, encode, privileged_prefix, trajectory_pairs
 from training.engine import TrainOptions, make_accelerator, train_loop
 from training.evaluate import CriticGuidedAgent
 from training.synthetic import scripted_episode
@@ -172,7 +180,45 @@ def test_people_s_turn_level_preferences_supervise_the_critic(tiny_model_dir, to
     for row in secret_word_preferences(tokenizer, 4, first=100):  # unseen tasks: A(o_t, a, c) follows c
         chosen, rejected = critic.score_candidates(row["privileged"], row["prompt"], [row["chosen"], row["rejected"]])
         assert chosen > rejected
+        # Ranking a candidate scores the same one-turn trajectory the human pairs trained on.
+        one_turn = critic.action_tokens(row["privileged"], row["prompt"], row["chosen"])
+        assert critic.scores([one_turn])[0] == pytest.approx(chosen, abs=1e-5)
     preferences.write_text('{"prompt": "p", "chosen": "a"}\n')  # a broken file says where
     with pytest.raises(TaskFileError, match=r"preferences.jsonl:1: .*prompt, chosen and rejected"):
         train_critic(critic_config(tiny_model_dir, tmp_path / "again", human_pairs=True,
                                    preferences=str(preferences)), episodes=[])
+
+
+FRONTEND_DEV = Path(__file__).resolve().parents[2] / "shared" / "colbench" / "frontend_dev.jsonl"
+
+
+def test_the_critic_sees_a_long_frontend_reference_page_whole(tiny_model_dir, tokenizer):
+    """c was cut at 1,024 tokens; a frontend reference page can be longer, and the default keeps it."""
+    page = "<html><body>" + '<div class="flex p-4 text-lg">Hello, world!</div>\n' * 90 + "</body></html>"
+    task = Task(id="page", kind="frontend", problem_description="A landing page.", ground_truth=page)
+    episode = scripted_episode(task, ["<html><body>Hi</body></html>"], [], tokenizer, system_prompt=SYSTEM)
+    c = encode(tokenizer, privileged_prefix(page))
+    assert 1024 < len(c) < CriticConfig().max_privileged_tokens
+    whole = dialogue_tokens(episode, tokenizer, max_length=4096)  # the defaults' max_length and cap
+    assert whole.input_ids[:len(c)] == c and len(whole.input_ids) > len(c)  # c whole, then the dialogue
+    cut = dialogue_tokens(episode, tokenizer, max_length=4096, max_privileged_tokens=1024)
+    assert cut.input_ids[:1024] == c[:1024] and cut.input_ids[1024] != c[1024]
+    short = dialogue_tokens(episode, tokenizer, max_length=512)  # c never takes more than half the sequence
+    assert short.input_ids[:256] == c[:256] and 256 < len(short.input_ids) <= 512
+    critic = build_critic(critic_config(tiny_model_dir, "unused"), torch.device("cpu"))
+    assert critic.settings.max_privileged_tokens == CriticConfig().max_privileged_tokens == \
+        CriticSettings(base="x").max_privileged_tokens  # the option reaches the saved settings
+
+
+@pytest.mark.skipif(not FRONTEND_DEV.is_file(), reason="needs ColBench's frontend_dev.jsonl in ../shared/colbench")
+def test_the_default_cap_covers_colbench_frontend_pages_with_the_default_tokenizer():
+    from transformers import AutoTokenizer
+
+    from simulators.llm.default_model import ensure_default_model
+    from simulators.tasks import read_task_file
+
+    default_tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
+    lengths = sorted(len(encode(default_tokenizer, privileged_prefix(task.privileged_information)))
+                     for task in read_task_file(str(FRONTEND_DEV)))
+    cap = CriticConfig().max_privileged_tokens
+    assert lengths[int(0.95 * len(lengths))] <= cap and lengths[-1] <= cap  # every page whole (1,024 cut 1%)

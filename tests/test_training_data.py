@@ -9,10 +9,14 @@ from simulators.domain import Episode, Task, Turn
 from simulators.store import SessionStore
 from simulators.tasks import write_episodes
 from training.data import (
+    action_ids,
+    action_tokens,
     agent_turn_prompts,
     best_trajectories,
     data_snapshot,
     dialogue_tokens,
+    end_of_turn_id,
+    prompt_completion_tokens,
     read_episodes,
     trajectory_pairs,
     turn_records,
@@ -99,6 +103,63 @@ def test_without_recorded_prompts_the_dialogue_is_rendered_again_identically(tin
     cut = dialogue_tokens(recorded, tokenizer, max_length=120, max_privileged_tokens=8)
     assert len(cut.input_ids) == 120 and cut.input_ids[:8] == long.input_ids[:8]  # c's head kept, old dialogue dropped
     assert cut.input_ids[8:] == long.input_ids[-112:] and cut.token_turn[8:] == long.token_turn[-112:]
+
+
+def turn_texts(tokens, tokenizer) -> list[str]:
+    """What the scored tokens of each agent turn decode to."""
+    return [tokenizer.decode([i for i, turn in zip(tokens.input_ids, tokens.token_turn) if turn == t])
+            for t in range(tokens.num_turns)]
+
+
+def test_every_agent_action_ends_with_the_end_of_turn_token(tiny_model_dir):
+    """RFT, multi-turn DPO and the critic score each message with the token that closes it (the
+    agent learns when to stop), and the actor's completions and the critic's candidates are the
+    same tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == "<|im_end|>"  # ChatML's, from the template
+    agent = ["Ints or floats?", "I WANT TO ANSWER: def add(a, b): return a + b"]
+    episode = scripted_episode(BACKEND, agent, ["Ints."], tokenizer)
+    for privileged in (False, True):  # RFT and multi-turn DPO see no c; the critic does
+        tokens = dialogue_tokens(episode, tokenizer, privileged=privileged)
+        assert turn_texts(tokens, tokenizer) == [text + "<|im_end|>" for text in agent]
+    last = episode.agent_turns[-1]
+    prompt_ids, completion_ids = prompt_completion_tokens(tokenizer, last.input, last.content, max_length=512)
+    one_turn = action_tokens(tokenizer, BACKEND.privileged_information, last.input, last.content)
+    scored = [i for i, turn in zip(one_turn.input_ids, one_turn.token_turn) if turn == 0]
+    assert completion_ids == scored == action_ids(tokenizer, last.content)
+    assert completion_ids[-1] == end_of_turn_id(tokenizer)
+
+
+# A template that trims each message and closes it with its own token (as Llama 3's does with <|eot_id|>).
+TRIMMING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + (message['content'] | trim) + '<|endoftext|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_a_template_that_trims_whitespace_still_gives_exact_agent_spans():
+    """The agent's messages carry surrounding whitespace the template trims away in later prompts:
+    the recorded prompts no longer chain by exact prefix, yet every turn's tokens are located."""
+    from tests.conftest import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = TRIMMING_TEMPLATE
+    assert tokenizer.convert_ids_to_tokens(end_of_turn_id(tokenizer)) == "<|endoftext|>"  # not eos: the template's
+    agent = ["  Ints or floats?\n", "Return 0 for an empty list. ", "I WANT TO ANSWER: def add(a, b): return a + b\n\n"]
+    recorded = scripted_episode(BACKEND, agent, ["Ints.", "Fine."], tokenizer)
+    assert "<|im_start|>assistant\nInts or floats?<|endoftext|>" in recorded.agent_turns[1].input  # trimmed
+    unrecorded = Episode(task=BACKEND, turns=[Turn(t.role, t.content) for t in recorded.turns])
+    for episode in (recorded, unrecorded):  # recorded prompts, and the dialogue rendered again
+        tokens = dialogue_tokens(episode, tokenizer, privileged=False)
+        # Earlier messages as the dialogue shows them (trimmed), the last as written; each closed.
+        assert turn_texts(tokens, tokenizer) == ["Ints or floats?<|endoftext|>", "Return 0 for an empty list.<|endoftext|>",
+                                                 agent[-1] + "<|endoftext|>"]
+        last = recorded.agent_turns[-1]
+        assert tokenizer.decode(tokens.input_ids) == last.input + last.content + "<|endoftext|>"
 
 
 def test_telling_a_database_from_jsonl_never_loses_the_app_s_writes(tmp_path):

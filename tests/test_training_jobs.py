@@ -50,6 +50,7 @@ def test_a_run_snapshots_its_data_and_preferences_and_cancel_kills_it(manager):
     command = json.loads((job.out / "command.json").read_text())
     assert command[command.index("--algorithm") + 1] == "rft" and command[command.index("--base") + 1] == "local-base"
     assert command[command.index("--simulator") + 1] == "local-sim"
+    assert command[command.index("--eval-limit") + 1] == "8" and command[command.index("--eval-samples") + 1] == "2"
     assert "--human-pairs" in command and "--critic-human-pairs" in command
     assert len((job.out / "data.jsonl").read_text().splitlines()) == 2
     (pair,) = [json.loads(line) for line in (job.out / "preferences.jsonl").read_text().splitlines()]
@@ -66,3 +67,28 @@ def test_continuous_mode_is_due_after_n_new_scored_sessions(manager):
     assert not manager.due()
     log_scored_session(manager.store, 1.0)
     assert manager.due()
+
+
+def test_the_train_tab_shows_the_gate_verdict_with_the_paired_ci_and_n():
+    from collab_app.train_tab import evaluation_markdown
+    from training.stats import gate, paired_bootstrap
+
+    def status(decision, promoted=False):
+        evaluation = {"tasks": 8, "new": {"n": 8, "reward": 0.5}, "parent": {"n": 8, "reward": 0.375},
+                      "gate": {"metric": "reward", **decision.as_dict()}}
+        return {"version": {"version": "v0003", "promoted": promoted, "evaluation": evaluation}}
+
+    noisy = gate(paired_bootstrap([1, 1, 1, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0]))
+    text = evaluation_markdown(status(noisy))
+    d = noisy.as_dict()["difference"]
+    assert f"**⚠️ underpowered** — underpowered: n=8, CI [{noisy.difference.low:.3f}, " in text
+    assert f"**+0.125 (95% CI [{d['low']:.3f}, {d['high']:.3f}], n=8 over 8 tasks)**" in text
+    assert "| reward | 0.500 | 0.375 |" in text and "promoted" not in text
+
+    clear = gate(paired_bootstrap([1.0] * 8, [0.0] * 8))
+    assert "**✅ promote** — promote: n=8, CI [1.000, 1.000]" in evaluation_markdown(status(clear))
+    assert "The gate would promote it; automatic promotion was off" in evaluation_markdown(status(clear))
+    assert "✅ promoted: new sessions use it now" in evaluation_markdown(status(clear, promoted=True))
+    # A version evaluated before the gate existed still shows its means.
+    old = {"version": {"version": "v0001", "evaluation": {"tasks": 2, "new": {"reward": 0.5}, "parent": {"reward": 0.0}}}}
+    assert "| reward | 0.500 | 0.000 |" in evaluation_markdown(old) and "CI" not in evaluation_markdown(old)

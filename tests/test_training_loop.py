@@ -11,7 +11,7 @@ import pytest
 from simulators.domain import Task
 from simulators.llm import load_model
 from simulators.registry import ModelRegistry
-from simulators.tasks import write_episodes
+from simulators.tasks import load_episodes, write_episodes
 from training.__main__ import COMMANDS, build_parser, main
 from training.synthetic import scripted_episode
 
@@ -49,7 +49,7 @@ def loop_args(data, out, tiny_model_dir, *extra):
             "--critic-epochs", "2", "--critic-learning-rate", "5e-3", "--actor-learning-rate", "5e-3",
             "--data-fraction", "1.0", "--best-of-n", "4", "--pairs-per-turn", "2", "--max-new-tokens", "12",
             "--gradient-accumulation-steps", "1", "--lora-r", "4", "--max-length", "512",
-            "--eval-limit", "2", "--eval-max-rounds", "2", "--eval-max-new-tokens", "12",
+            "--eval-limit", "2", "--eval-samples", "1", "--eval-max-rounds", "2", "--eval-max-new-tokens", "12",
             "--simulator", str(tiny_model_dir), "--no-progress", *extra]
 
 
@@ -72,9 +72,13 @@ def test_loop_end_to_end_registers_a_version_that_loads_as_base_plus_adapter(tin
     evaluation = meta["metrics"]["evaluation"]
     assert evaluation["new"]["n"] == evaluation["parent"]["n"] == 2 and evaluation["matched"] == 2  # same tasks
     assert meta["metrics"]["critic"]["pairs"] == 2
-    gain = evaluation["new"]["reward"] - evaluation["parent"]["reward"]
-    assert meta["promoted"] == result["promoted"] == (gain > 0)  # promoted exactly when it beat the parent
-    assert (registry.current() is not None) == (gain > 0)  # ... and then served to new sessions
+    # The gate: paired by (task, sample), 2 tasks are too few to promote on, whatever the means say.
+    decision = evaluation["gate"]
+    assert decision["metric"] == "reward" and decision["difference"]["n"] == 2 and decision["difference"]["tasks"] == 2
+    assert decision["difference"]["mean"] == pytest.approx(evaluation["new"]["reward"] - evaluation["parent"]["reward"],
+                                                           abs=1e-3)
+    assert decision["verdict"] in ("underpowered", "no gain") and decision["promote"] is False
+    assert meta["promoted"] is result["promoted"] is False and registry.current() is None
     # Every stage left its output: ranked candidates and pairs whose chosen outscored the rejected.
     ranked = [json.loads(line) for line in (tmp_path / "iter1" / "actor" / "ranked.jsonl").read_text().splitlines()]
     assert len(ranked) == 6 and all(len(r["candidates"]) == len(r["scores"]) == 4 for r in ranked)  # 6 agent turns
@@ -100,6 +104,35 @@ def test_loop_end_to_end_registers_a_version_that_loads_as_base_plus_adapter(tin
     # Re-running a finished iteration registers nothing new.
     assert main(loop_args(data, tmp_path / "iter2", tiny_model_dir, "--parent", "v0001")) == 0
     assert [v.id for v in registry.list_versions()] == ["v0001", "v0002"]
+
+
+def test_a_candidate_identical_to_its_parent_is_not_promoted(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """Rejection fine-tuning at learning rate 0 leaves the fresh LoRA's B = 0: the candidate *is* its
+    parent. Rolled out on the same tasks, samples and seeds, every pair is identical and the gate,
+    asked to promote on any gain (margin 0), finds none."""
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("COLLAB_HOME", str(tmp_path / "home"))
+    data = rollouts_file(tmp_path / "rollouts.jsonl", AutoTokenizer.from_pretrained(tiny_model_dir))
+    out = tmp_path / "same"
+    assert main(loop_args(data, out, tiny_model_dir, "--algorithm", "rft", "--actor-learning-rate", "0",
+                          "--eval-limit", "6", "--eval-samples", "2", "--promote-if-better",
+                          "--promote-margin", "0")) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    def turns(name):
+        return {(e.task.id, e.meta["sample"]): [t.content for t in e.turns] for e in load_episodes(out / name).items}
+
+    parent, new = turns("eval_parent.jsonl"), turns("eval_new.jsonl")
+    assert len(parent) == 12 and parent == new  # same tasks, samples and seeds: the same episodes
+    decision = result["evaluation"]["gate"]
+    assert decision["difference"] == {"n": 12, "tasks": 6, "mean": 0.0, "low": 0.0, "high": 0.0, "confidence": 0.95}
+    assert decision["verdict"] == "no gain" and decision["reason"].startswith("no gain: n=12, CI [0.000, 0.000]")
+    assert result["promoted"] is False and result["reward_gain"] == 0.0
+    registry = ModelRegistry()
+    assert registry.current() is None  # not served
+    recorded = registry.get(result["version"]).meta  # the registry keeps the decision with the version
+    assert recorded["promoted"] is False and recorded["metrics"]["evaluation"]["gate"] == decision
 
 
 def test_every_command_documents_its_defaults_and_the_loop_takes_db(capsys):

@@ -9,8 +9,8 @@ import torch
 
 from simulators.domain import Task
 from training import sweet
-from training.critic import CriticConfig, build_critic, continuation_logprobs
-from training.data import dialogue_tokens, encode, privileged_prefix
+from training.critic import CriticConfig, build_critic
+from training.data import action_ids, dialogue_tokens, encode, privileged_prefix
 from training.engine import collate, common_prefix_length, masked_token_logprobs, shared_prefix_logprobs
 from training.synthetic import scripted_episode
 
@@ -80,9 +80,9 @@ def test_turn_masks_cover_exactly_the_agents_words(critic):
     tokens = dialogue_tokens(episode, critic.tokenizer, privileged=True)
     decode = critic.tokenizer.decode
 
-    for t, text in enumerate(AGENT):
+    for t, text in enumerate(AGENT):  # each message and the end-of-turn token that closes it
         ids = [i for i, turn in zip(tokens.input_ids, tokens.token_turn) if turn == t]
-        assert decode(ids) == text
+        assert decode(ids) == text + "<|im_end|>"
     context = decode([i for i, turn in zip(tokens.input_ids, tokens.token_turn) if turn < 0])
     c = privileged_prefix(TASK.privileged_information)
     assert context.startswith(c)  # c comes first, before the dialogue
@@ -91,14 +91,14 @@ def test_turn_masks_cover_exactly_the_agents_words(critic):
     # Without c, the same dialogue is the last agent prompt plus its message, token for token.
     plain = dialogue_tokens(episode, critic.tokenizer, privileged=False)
     last = episode.agent_turns[-1]
-    assert decode(plain.input_ids) == last.input + last.content
+    assert decode(plain.input_ids) == last.input + last.content + "<|im_end|>"
     assert tokens.input_ids[-len(plain.input_ids):] == plain.input_ids
     assert len(tokens.input_ids) - len(plain.input_ids) == len(encode(critic.tokenizer, c))
 
 
 def test_one_pass_log_probs_equal_per_turn_completion_log_probs(critic):
     """The single forward pass over the dialogue gives each agent token the same log-prob as
-    scoring that turn alone as a completion of (c + its prompt)."""
+    scoring that turn alone (its message and end-of-turn token) as a completion of (c + its prompt)."""
     episode = episode_for(critic.tokenizer)
     tokens = critic.tokens(episode)
     mask = [t >= 0 for t in tokens.token_turn]
@@ -108,9 +108,10 @@ def test_one_pass_log_probs_equal_per_turn_completion_log_probs(critic):
     prefix = encode(critic.tokenizer, privileged_prefix(TASK.privileged_information))
     per_turn = []
     for turn in episode.agent_turns:
-        logps = continuation_logprobs(critic.lm, prefix + encode(critic.tokenizer, turn.input),
-                                      [encode(critic.tokenizer, turn.content)])
-        per_turn.append(logps[0])
+        context, action = prefix + encode(critic.tokenizer, turn.input), action_ids(critic.tokenizer, turn.content)
+        with torch.no_grad():
+            per_turn.append(masked_token_logprobs(critic.lm, *collate(
+                [context + action], [[False] * len(context) + [True] * len(action)], 0, torch.device("cpu"))))
     assert flat.tolist() == pytest.approx(torch.cat(per_turn).tolist(), abs=1e-4)
 
 

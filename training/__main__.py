@@ -1,4 +1,4 @@
-"""``python -m training``: critic | actor | rft | mtdpo | evaluate | loop | registry.
+"""``python -m training``: critic | actor | rft | mtdpo | evaluate | loop | experiment | registry.
 
 Each training command takes a dataclass config (``--help`` lists every option with its default),
 shows progress bars, writes ``log.jsonl`` and ``curves.png`` in its ``--out`` directory, and prints
@@ -22,6 +22,7 @@ from training.actor import ActorConfig
 from training.baselines import MTDPOConfig, RFTConfig
 from training.critic import CriticConfig
 from training.evaluate import EvaluateConfig
+from training.experiment import PRESETS, ExperimentConfig
 from training.loop import LoopConfig
 
 
@@ -53,13 +54,29 @@ COMMANDS = {
     "mtdpo": (MTDPOConfig, "training.baselines:train_mtdpo", "baseline: multi-turn DPO"),
     "evaluate": (EvaluateConfig, "training.evaluate:run_evaluation", "rollouts, metrics, win rate; best-of-N with --critic"),
     "loop": (LoopConfig, "training.loop:run_loop", "one SWEET iteration -> a new actor version in the registry"),
+    # the config class is the --preset's (build_parser)
+    "experiment": (ExperimentConfig, "training.experiment:run_experiment",
+                   "zero-shot vs SWEET-RL vs baselines (+ critic ablations) on one held-out split, paired 95% CIs"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def experiment_preset(argv: list[str]) -> str:
+    """The ``--preset`` of an ``experiment`` command line (its options default to that preset's values)."""
+    if not argv or argv[0] != "experiment":
+        return "cpu-small"
+    first = argparse.ArgumentParser(prog="python -m training experiment", add_help=False, allow_abbrev=False)
+    first.add_argument("--preset", choices=list(PRESETS), default="cpu-small")
+    return first.parse_known_args(argv[1:])[0].preset
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``argv`` picks the experiment's preset first, so that its options default to
+    the preset's values (shown by ``--help``) and any option given overrides them."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (config_cls, target, summary) in COMMANDS.items():
+        if name == "experiment":
+            config_cls = PRESETS[experiment_preset(argv or [])]
         sub = commands.add_parser(name, help=summary, description=config_cls.__doc__)
         add_dataclass_arguments(sub, config_cls)
         sub.set_defaults(run=functools.partial(run_command, config_cls, target))
@@ -76,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         result = args.run(args)
     except (TaskFileError, ModelError, RegistryError, ValueError, FileNotFoundError) as error:

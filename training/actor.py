@@ -46,6 +46,7 @@ from training.engine import (
     load_lora_model,
     make_accelerator,
     model_source,
+    reference_model_id,
     save_adapter,
     save_config,
     sequence_key,
@@ -188,7 +189,8 @@ def train_on_pairs(scorer: TokenScorer, tokenizer, turns: Sequence[TurnPairs], c
             prompt_ids, completion_ids = prompt_completion_tokens(tokenizer, turn.prompt, text, max_length=config.max_length)
             encoded[(turn.prompt, text)] = (prompt_ids + completion_ids, [False] * len(prompt_ids) + [True] * len(completion_ids))
     keys = {pc: sequence_key(ids, target) for pc, (ids, target) in encoded.items()}
-    reference = ReferenceLogprobs(out / "reference_logprobs.pt")
+    reference = ReferenceLogprobs(out / "reference_logprobs.pt", model_id=reference_model_id(
+        config.model, scorer.lm, adapter_disabled=False))
     reference.fill(scorer.lm, [(keys[pc], ids, target) for pc, (ids, target) in encoded.items()], pad_id=pad_id,
                    disable_adapter=False, progress=config.progress)
     device = next(scorer.parameters()).device

@@ -2,7 +2,8 @@
 
 * **Rejection fine-tuning** (``rft``): supervised fine-tuning on the agent turns of the best
   trajectory of each task (kept when its outcome reaches ``min_reward``), one forward pass per
-  trajectory with the loss on the agent's tokens only.
+  trajectory with the loss on the agent's tokens only: each message and the end-of-turn token that
+  closes it (``training.data.action_ids``), so the agent learns when to stop.
 * **Multi-turn DPO** (``mtdpo``): trajectory pairs, DPO over all agent turns, no critic:
   −log σ(β [log π_θ(τ+)/π_ref(τ+) − log π_θ(τ−)/π_ref(τ−)]) with log π(τ) = Σ_t Σ_l log π(a_t^l | ·).
   That is Eq. 2 with the actor as the model, no c and no length normalisation, so it reuses the
@@ -20,6 +21,7 @@ from training import sweet
 from training.critic import Critic, CriticSettings, pair_group_loss, pair_groups
 from training.data import DataOptions, best_trajectories, dialogue_tokens, read_episodes, trajectory_pairs
 from training.engine import (
+    ReferenceLogprobs,
     TokenScorer,
     TrainOptions,
     base_spec,
@@ -27,6 +29,7 @@ from training.engine import (
     finished_summary,
     load_lora_model,
     make_accelerator,
+    reference_model_id,
     save_adapter,
     save_config,
     train_loop,
@@ -97,6 +100,8 @@ def train_mtdpo(config: MTDPOConfig, episodes: Sequence[Episode] | None = None) 
                               beta=config.beta, max_length=config.max_length)
     # π_ref = the actor as loaded (its parent version, or the base), computed before training.
     policy = Critic(TokenScorer(lm), tokenizer, settings, reference_disables_adapter=False)
+    policy.reference = ReferenceLogprobs(out / "reference_logprobs.pt", model_id=reference_model_id(
+        config.model, lm, adapter_disabled=False))
     sequences = {i: policy.tokens(episodes[i]) for i in sorted({i for p in pairs for i in p})}
     policy.fill_reference(list(sequences.values()), progress=config.progress)
     lengths = {i: len(s.input_ids) for i, s in sequences.items()}

@@ -35,11 +35,9 @@ from training.data import (
     DialogueTokens,
     action_tokens,
     dialogue_tokens,
-    encode,
     episodes_by_task,
     human_preference_pairs,
     outcome,
-    privileged_prefix,
     read_episodes,
     trajectory_pairs,
 )
@@ -53,6 +51,7 @@ from training.engine import (
     load_tokenizer,
     make_accelerator,
     model_source,
+    reference_model_id,
     save_config,
     shared_prefix_logprobs,
     train_loop,
@@ -81,7 +80,10 @@ class CriticConfig(TrainOptions, DataOptions):
     max_group_tokens: int = field(default=8192, metadata={
         "help": "trajectories of one task are forwarded together (each once, shared by its pairs) up to this "
                 "many tokens per micro-batch; a single pair always goes in one"})
-    max_privileged_tokens: int = field(default=1024, metadata={"help": "c is cut to this many tokens"})
+    max_privileged_tokens: int = field(default=2048, metadata={
+        "help": "c is cut to this many tokens (and to half of --max-length). 2048 keeps every ColBench reference "
+                "whole with the default tokenizer: frontend pages p95 806, max 1711 tokens (1024 cut 1%%); backend "
+                "functions max 547"})
     eval_fraction: float = field(default=0.1, metadata={
         "help": "fraction of tasks held out to measure pairwise accuracy (0 = none)"})
     human_pairs: bool = field(default=False, metadata={
@@ -99,7 +101,7 @@ class CriticSettings:
     length_normalize: bool = True
     beta: float = 0.1
     max_length: int = 4096
-    max_privileged_tokens: int = 1024
+    max_privileged_tokens: int = 2048
 
 
 class ValueModel(nn.Module):
@@ -224,38 +226,29 @@ class Critic:
     def score_candidates(self, privileged: str, prompt: str, candidates: Sequence[str], chunk_size: int = 4) -> list[float]:
         """A(o_t, a, c) of each candidate action ``a`` after the agent's prompt o_t (value head: V).
 
-        c and o_t are encoded once; their key/value cache is shared by all candidates (expanded
-        per chunk), for π_θ and for π_ref (the adapter disabled).
+        Each candidate is the one-turn trajectory [c] + o_t + a of ``action_tokens``, as human pairs
+        are in training; c and o_t, their common opening, are forwarded once and their key/value
+        cache is shared by all candidates (``shared_prefix_logprobs``), for π_θ and for π_ref (the
+        adapter disabled).
         """
-        prefix = encode(self.tokenizer, privileged_prefix(privileged))[: self.settings.max_privileged_tokens] \
-            if self.settings.privileged else []
-        actions = [encode(self.tokenizer, c) for c in candidates]
-        room = self.settings.max_length - len(prefix) - max((len(a) for a in actions), default=0)
-        prefix_ids = prefix + encode(self.tokenizer, prompt)[-max(room, 1):]
+        sequences = [self.action_tokens(privileged, prompt, c) for c in candidates]
         was_training = self.model.training
         self.model.eval()
         try:
             if self.settings.head == "value":
-                return self._candidate_values(prefix_ids, actions, chunk_size)
-            theta = continuation_logprobs(self.lm, prefix_ids, actions, chunk_size)
+                return [values[-1].item() for start in range(0, len(sequences), chunk_size)
+                        for values in self.turn_values(self.model, sequences[start:start + chunk_size])]
+            ids, masks = [s.input_ids for s in sequences], [_agent_mask(s) for s in sequences]
+            theta = shared_prefix_logprobs(self.lm, ids, masks, self.pad_id, self.device, chunk_size)
             with self.lm.disable_adapter():
-                ref = continuation_logprobs(self.lm, prefix_ids, actions, chunk_size)
+                ref = shared_prefix_logprobs(self.lm, ids, masks, self.pad_id, self.device, chunk_size)
         finally:
             self.model.train(was_training)
-        scores = []
-        for lp_theta, lp_ref in zip(theta, ref):
-            ratio = (lp_theta - lp_ref).sum()
-            scores.append((ratio / max(len(lp_theta), 1) if self.settings.length_normalize else ratio).item())
-        return scores
-
-    def _candidate_values(self, prefix_ids: list[int], actions: list[list[int]], chunk_size: int) -> list[float]:
-        values = []
-        for start in range(0, len(actions), chunk_size):
-            chunk = [prefix_ids + a for a in actions[start:start + chunk_size]]
-            input_ids, attention_mask, _ = collate(chunk, [[False] * len(c) for c in chunk], self.pad_id, self.device)
-            projections = self.model(input_ids=input_ids, attention_mask=attention_mask)
-            values += [projections[b, : len(c)].mean().item() for b, c in enumerate(chunk)]
-        return values
+        # Eq. 3 for the one turn of each candidate.
+        return [sweet.turn_advantages(lp_theta, lp_ref, torch.zeros(len(lp_theta), dtype=torch.long,
+                                                                    device=lp_theta.device),
+                                      1, self.settings.length_normalize)[0].item()
+                for lp_theta, lp_ref in zip(theta, ref)]
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, out_dir: Path) -> None:
@@ -286,22 +279,6 @@ def load_critic(directory: str | Path, device: torch.device | None = None) -> Cr
         model.head.load_state_dict(torch.load(directory / "value_head.pt"))
     model.to(device).eval()
     return Critic(model, load_tokenizer(source), settings)
-
-
-def continuation_logprobs(
-    model: nn.Module, prefix_ids: list[int], continuations: Sequence[list[int]], chunk_size: int = 4,
-) -> list[torch.Tensor]:
-    """log π(token) of every token of each continuation after a shared prefix (c and o_t).
-
-    The prefix is forwarded once; its key/value cache serves every continuation, ``chunk_size``
-    at a time (``shared_prefix_logprobs``): N candidates cost one prefix plus N continuations.
-    """
-    if not prefix_ids:
-        raise ValueError("continuations need a prefix (the prompt) to be scored after")
-    sequences = [list(prefix_ids) + list(c) for c in continuations]
-    targets = [[False] * len(prefix_ids) + [True] * len(c) for c in continuations]
-    device = next(model.parameters()).device
-    return [logp.cpu() for logp in shared_prefix_logprobs(model, sequences, targets, 0, device, chunk_size)]
 
 
 def _agent_mask(sequence: DialogueTokens) -> list[bool]:
@@ -392,7 +369,8 @@ def train_critic(config: CriticConfig, episodes: Sequence[Episode] | None = None
     episodes = list(episodes) if episodes is not None else read_episodes(config.data, config.kind)
     accelerator = make_accelerator()
     critic = build_critic(config, accelerator.device)
-    critic.reference = ReferenceLogprobs(out / "reference_logprobs.pt")
+    critic.reference = ReferenceLogprobs(out / "reference_logprobs.pt", model_id=reference_model_id(
+        critic.settings.base, critic.lm, adapter_disabled=True))
     save_config(config, out / "config.json")
 
     pairs = trajectory_pairs(episodes, config.reward_key, config.pairing, config.min_reward_gap)

@@ -16,6 +16,7 @@ its ``scores`` (``success``, ``tests_passed``, ``clip``, ``design``, ``rating``)
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import random
 import sqlite3
@@ -250,6 +251,12 @@ def privileged_prefix(privileged: str) -> str:
     return PRIVILEGED_TEMPLATE.format(c=privileged)
 
 
+def privileged_limit(max_length: int, max_privileged_tokens: int) -> int:
+    """How many tokens of c a sequence keeps: ``max_privileged_tokens``, and never more than half
+    of ``max_length``, so the dialogue always keeps at least the other half."""
+    return min(max_privileged_tokens, max_length // 2)
+
+
 @dataclass
 class DialogueTokens:
     """A trajectory as one token sequence: [c] + dialogue, with the agent turn of every token.
@@ -269,55 +276,114 @@ class DialogueTokens:
 
 
 def agent_turn_prompts(episode: Episode, tokenizer) -> list[str]:
-    """The prompt each agent turn was generated from, o_t as text.
+    """The prompt each agent turn was generated from, o_t as text (see ``agent_turn_texts``)."""
+    return agent_turn_texts(episode, tokenizer)[0]
 
-    The recorded ``Turn.input`` prompts are used when they form one growing dialogue (each prompt
-    continues the previous prompt plus the previous agent message), which is how a chat template
-    renders a conversation; otherwise the dialogue is rendered again with ``tokenizer``'s template.
+
+def agent_turn_texts(episode: Episode, tokenizer) -> tuple[list[str], list[str]]:
+    """(o_t, a_t as the dialogue shows it) for every agent turn.
+
+    The recorded ``Turn.input`` prompts are used when they form one growing dialogue: each prompt
+    continues the previous one with the previous agent message, as a chat template renders a
+    conversation. The message may appear there as the agent wrote it or with its surrounding
+    whitespace trimmed (templates that ``| trim`` the content, as Llama 3's does); a_t is the
+    message as the next prompt shows it, so the trajectory is one sequence the model really saw
+    (the last message, which no prompt shows again, as written). When the recorded prompts do not
+    chain, the dialogue is rendered again with ``tokenizer``'s template.
     """
     agent = episode.agent_turns
     stored = [t.input for t in agent]
-    if all(stored) and _prompts_chain(stored, agent):
-        return stored
-    messages = agent_messages(episode)
-    rendered = [tokenizer.apply_chat_template(messages[:j], tokenize=False, add_generation_prompt=True)
-                for j, m in enumerate(messages) if m["role"] == "assistant"]
-    if not _prompts_chain(rendered, agent):
+    if all(stored) and (messages := chained_messages(stored, agent)) is not None:
+        return stored, messages
+    conversation = agent_messages(episode)
+    rendered = [tokenizer.apply_chat_template(conversation[:j], tokenize=False, add_generation_prompt=True)
+                for j, m in enumerate(conversation) if m["role"] == "assistant"]
+    if (messages := chained_messages(rendered, agent)) is None:
         raise ValueError(f"task {episode.task.id}: the chat template does not render the dialogue as a growing "
                          "prefix, so the agent's turns cannot be located exactly")
-    return rendered
+    return rendered, messages
 
 
-def _prompts_chain(prompts: Sequence[str], agent_turns) -> bool:
-    return all(prompts[k + 1].startswith(prompts[k] + agent_turns[k].content) for k in range(len(prompts) - 1))
+def chained_messages(prompts: Sequence[str], agent_turns) -> list[str] | None:
+    """Each agent message as the following prompt shows it, or None when the prompts do not chain
+    (prompt k + 1 = prompt k + message k, as written or whitespace-trimmed, + the template's markup)."""
+    shown = []
+    for k in range(len(prompts) - 1):
+        if not prompts[k + 1].startswith(prompts[k]):
+            return None
+        following, message = prompts[k + 1][len(prompts[k]):], agent_turns[k].content
+        # Longest form first: a message that ends in a space is not cut when the template keeps it.
+        form = next((f for f in (message, message.rstrip(), message.lstrip(), message.strip())
+                     if following.startswith(f)), None)
+        if form is None:
+            return None
+        shown.append(form)
+    return shown + [agent_turns[-1].content]
+
+
+_MESSAGE_PROBE = "agent-message-probe"
+
+
+@functools.lru_cache(maxsize=16)
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token that ends an agent message: the special token the chat template writes right after
+    an assistant message (ChatML's ``<|im_end|>``, Llama 3's ``<|eot_id|>``, Gemma's
+    ``<end_of_turn>``), else the end-of-sequence token. The model emits it to stop, so it is part
+    of every action a_t that training scores (as in the reference scripts' masks): without it the
+    agent never learns when to stop."""
+    try:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _MESSAGE_PROBE}], tokenize=False)
+        after = encode(tokenizer, rendered.split(_MESSAGE_PROBE, 1)[1])
+    except Exception:  # no chat template, or one that refuses this probe: fall back to end-of-sequence
+        after = []
+    if after and (after[0] in tokenizer.all_special_ids or getattr(
+            tokenizer.added_tokens_decoder.get(after[0]), "special", False)):
+        return after[0]
+    return tokenizer.eos_token_id
+
+
+def action_ids(tokenizer, action: str) -> list[int]:
+    """The tokens of one action a_t as the agent produced it: its text, then the end-of-turn token."""
+    eot = end_of_turn_id(tokenizer)
+    return encode(tokenizer, action) + ([eot] if eot is not None else [])
 
 
 def dialogue_tokens(
     episode: Episode, tokenizer, *, privileged: bool = True, max_length: int = 4096,
-    max_privileged_tokens: int = 1024,
+    max_privileged_tokens: int = 2048,
 ) -> DialogueTokens:
     """The critic's view of a trajectory, tokenised piece by piece so turn boundaries are exact.
 
     Pieces alternate between context (c, template markup, system prompt, the human's words) and
     agent messages; each is tokenised on its own, so the agent's tokens of turn t are exactly
-    ``encode(a_t)`` (the same tokens the actor scores as a completion). ``c`` is cut to
-    ``max_privileged_tokens``; a dialogue that still does not fit loses its oldest tokens.
+    ``action_ids(a_t)``: the message, then the end-of-turn token (the template's own, which opens
+    the following context, counts as the agent's). ``c`` is cut to ``privileged_limit``; a
+    dialogue that still does not fit loses its oldest tokens.
     """
     agent = episode.agent_turns
     if not agent:
         raise ValueError(f"task {episode.task.id}: the episode has no agent turn")
-    prompts = agent_turn_prompts(episode, tokenizer)
+    prompts, messages = agent_turn_texts(episode, tokenizer)
+    eot = end_of_turn_id(tokenizer)
     dialogue_ids: list[int] = []
     token_turn: list[int] = []
     consumed = 0  # characters of the last prompt already tokenised
-    for t, (prompt, turn) in enumerate(zip(prompts, agent)):
+    for t, (prompt, message) in enumerate(zip(prompts, messages)):
         context = encode(tokenizer, prompt[consumed:])
-        action = encode(tokenizer, turn.content)
+        if t > 0 and eot is not None and context[:1] == [eot]:  # the template closed message t-1 with it
+            dialogue_ids.append(eot)
+            token_turn.append(t - 1)
+            context = context[1:]
+        action = encode(tokenizer, message)
         dialogue_ids += context + action
         token_turn += [-1] * len(context) + [t] * len(action)
-        consumed = len(prompt) + len(turn.content)
+        consumed = len(prompt) + len(message)
+    if eot is not None:  # the agent closed its last message with it
+        dialogue_ids.append(eot)
+        token_turn.append(len(agent) - 1)
     prefix = encode(tokenizer, privileged_prefix(episode.task.privileged_information)) if privileged else []
-    prefix = prefix[:max_privileged_tokens]
+    prefix = prefix[:privileged_limit(max_length, max_privileged_tokens)]
     keep = max(max_length - len(prefix), 1)
     dialogue_ids, token_turn = dialogue_ids[-keep:], token_turn[-keep:]
     return DialogueTokens(input_ids=prefix + dialogue_ids, token_turn=[-1] * len(prefix) + token_turn,
@@ -326,26 +392,24 @@ def dialogue_tokens(
 
 def action_tokens(
     tokenizer, privileged: str | None, prompt: str, action: str, *, max_length: int = 4096,
-    max_privileged_tokens: int = 1024,
+    max_privileged_tokens: int = 2048,
 ) -> DialogueTokens:
     """The critic's view of one action a after the prompt o_t: [c] + o_t + a, a being its one
-    scored turn (a turn-level preference pair is two such one-turn trajectories).
-    ``privileged=None`` leaves c out; o_t loses its oldest tokens when the whole does not fit."""
-    prefix = encode(tokenizer, privileged_prefix(privileged))[:max_privileged_tokens] if privileged is not None else []
-    context, act = encode(tokenizer, prompt), encode(tokenizer, action)
+    scored turn (a turn-level preference pair is two such one-turn trajectories, and best-of-N
+    ranking scores each candidate this way). ``privileged=None`` leaves c out; o_t loses its
+    oldest tokens when the whole does not fit."""
+    prefix = encode(tokenizer, privileged_prefix(privileged))[:privileged_limit(max_length, max_privileged_tokens)] \
+        if privileged is not None else []
+    context, act = encode(tokenizer, prompt), action_ids(tokenizer, action)
     keep = max(max_length - len(prefix), 1)
     ids, turns = (context + act)[-keep:], ([-1] * len(context) + [0] * len(act))[-keep:]
     return DialogueTokens(input_ids=prefix + ids, token_turn=[-1] * len(prefix) + turns, num_turns=1)
 
 
-def prompt_completion_tokens(
-    tokenizer, prompt: str, completion: str, *, max_length: int, add_eos: bool = True,
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) for a turn-level example; the prompt loses its oldest tokens
-    when the pair does not fit. The end-of-turn token is appended so the actor learns to stop."""
-    completion_ids = encode(tokenizer, completion)
-    if add_eos and tokenizer.eos_token_id is not None:
-        completion_ids = completion_ids + [tokenizer.eos_token_id]
-    completion_ids = completion_ids[: max_length - 1]
+def prompt_completion_tokens(tokenizer, prompt: str, completion: str, *, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) for a turn-level example; the completion ends with the
+    end-of-turn token (``action_ids``) so the actor learns to stop, and the prompt loses its oldest
+    tokens when the pair does not fit."""
+    completion_ids = action_ids(tokenizer, completion)[: max_length - 1]
     prompt_ids = encode(tokenizer, prompt)[-(max_length - len(completion_ids)):]
     return prompt_ids, completion_ids

@@ -48,6 +48,13 @@ class TrainOptions:
         "help": "base model: 'default', a local HF directory or hub id, or registry:VERSION"})
     out: str = field(default="runs/train", metadata={"help": "output directory (adapter, checkpoint, log, curves)"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (LoRA parameters)"})
+    lr_scheduler: str = field(default="cosine", metadata={
+        "help": "cosine (linear warmup, then cosine decay to --min-lr-ratio x the peak, as the reference "
+                "scripts' OpenRLHF trainers) | constant (linear warmup, then the peak)"})
+    warmup_ratio: float = field(default=0.03, metadata={
+        "help": "fraction of the optimiser steps that warm the learning rate up linearly (reference: 0.03)"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "help": "cosine: the learning rate it decays to, as a fraction of --learning-rate (reference: 0.1)"})
     epochs: int = field(default=1, metadata={"help": "passes over the training data"})
     gradient_accumulation_steps: int = field(default=8, metadata={
         "help": "micro-batches per optimiser step (the reference scripts: batch 8 of micro-batch 1)"})
@@ -320,15 +327,49 @@ def sequence_key(input_ids: Sequence[int], target: Sequence[bool | int]) -> str:
     return hashlib.sha1(repr((list(input_ids), list(target))).encode()).hexdigest()
 
 
+def reference_model_id(spec: str, lm: torch.nn.Module, *, adapter_disabled: bool) -> str:
+    """Names π_ref for the reference cache: the base weights (the critic: adapter disabled), plus
+    the adapter the model was loaded with otherwise (the actor's parent version), and the dtype.
+
+    Each directory is named by its path and the size and modification time of its files, so
+    other weights at the same path count as another model."""
+    source, adapter = model_source(spec)
+    parts = [_directory_fingerprint(source)]
+    if adapter is not None and not adapter_disabled:
+        parts.append(_directory_fingerprint(adapter))
+    return " + ".join(parts) + f" ({unwrap(lm).dtype})"
+
+
+def _directory_fingerprint(path: str) -> str:
+    directory = Path(path)
+    if not directory.is_dir():
+        return path  # a hub id
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in directory.iterdir() if f.is_file())
+    return f"{directory.resolve()}@{hashlib.sha1(repr(files).encode()).hexdigest()[:12]}"
+
+
 class ReferenceLogprobs:
     """log π_ref of the scored tokens of each sequence, computed once and kept (keyed by a hash
-    of the sequence); saved next to checkpoints so a resumed run does not recompute them."""
+    of the sequence); saved next to checkpoints so a resumed run does not recompute them.
 
-    def __init__(self, path: Path | None = None):
+    A saved table belongs to the model named ``model_id`` (``reference_model_id``): a run resumed
+    in the same directory on another model (another base, another parent version) computes its
+    own instead of reusing values of the wrong π_ref.
+    """
+
+    def __init__(self, path: Path | None = None, *, model_id: str = ""):
+        if path is not None and not model_id:
+            raise ValueError("a saved reference cache needs the model_id of π_ref (reference_model_id)")
         self.path = path
+        self.model_id = model_id
         self.table: dict[str, torch.Tensor] = {}
         if path is not None and path.is_file():
-            self.table = torch.load(path)
+            saved = torch.load(path)
+            if isinstance(saved, dict) and saved.get("model") == model_id:
+                self.table = saved["logprobs"]
+            else:
+                logger.info("%s holds the reference log-probs of another model; computing them for %s",
+                            path, model_id)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.table[key]
@@ -365,7 +406,7 @@ class ReferenceLogprobs:
         if self.path is not None:  # temp file + rename: processes of one run may save at the same time
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-            torch.save(self.table, tmp)
+            torch.save({"model": self.model_id, "logprobs": self.table}, tmp)
             os.replace(tmp, self.path)
 
 
@@ -385,6 +426,36 @@ def _prefix_chunks(items: list, batch_size: int) -> list[list]:
 
 
 # -- the optimisation loop -------------------------------------------------------------------------
+
+LR_SCHEDULERS = ("cosine", "constant")
+
+
+def learning_rate_at(step: int, total_steps: int, options: TrainOptions) -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``.
+
+    Linear warmup over the first W = ⌈warmup_ratio · total_steps⌉ steps, lr · (step + 1) / (W + 1)
+    (as nanoGPT: no step is wasted at lr 0), then for ``cosine`` (the reference scripts' OpenRLHF
+    ``cosine_with_min_lr`` schedule, min_lr = 0.1 · lr, warmup 0.03) a half cosine from lr down
+    towards min_lr_ratio · lr over the remaining steps:
+
+        lr_s = lr · [ r + (1 − r) · ½ (1 + cos(π · (s − W) / (total − W))) ],  r = min_lr_ratio
+
+    and for ``constant`` the peak lr throughout. A pure function of the step, so a resumed run
+    continues the same schedule from its checkpoint's step.
+    """
+    if options.lr_scheduler not in LR_SCHEDULERS:
+        raise ValueError(f"unknown lr_scheduler {options.lr_scheduler!r}: use one of {', '.join(LR_SCHEDULERS)}")
+    if not 0 <= options.warmup_ratio < 1 or not 0 <= options.min_lr_ratio <= 1:
+        raise ValueError("warmup_ratio must be in [0, 1) and min_lr_ratio in [0, 1]")
+    peak = options.learning_rate
+    warmup = math.ceil(options.warmup_ratio * total_steps)
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
+    if options.lr_scheduler == "constant":
+        return peak
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    r = options.min_lr_ratio
+    return peak * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -414,7 +485,8 @@ def train_loop(
     accelerator, name: str, evaluate: Callable[[], dict[str, float]] | None = None,
     plot_keys: Sequence[str] = ("loss", "accuracy"),
 ) -> TrainResult:
-    """Optimise ``loss_fn`` over ``items`` for ``options.epochs`` epochs with AdamW.
+    """Optimise ``loss_fn`` over ``items`` for ``options.epochs`` epochs with AdamW, the learning
+    rate of each optimiser step set by ``learning_rate_at`` (warmup, then cosine decay).
 
     Writes ``log.jsonl`` (one line per optimiser step, plus evaluation lines), ``curves.png`` and
     ``checkpoint/`` (trainable weights, optimiser state, position in the data) every
@@ -448,6 +520,7 @@ def train_loop(
     last: dict[str, float] = {}
     window: list[tuple[float, dict[str, float]]] = []
     total_steps = options.epochs * steps_per_epoch
+    learning_rate_at(0, total_steps, options)  # a bad schedule option fails before any work
     bar = tqdm(total=total_steps, initial=step, desc=name, unit="step",
                disable=not (options.progress and accelerator.is_local_main_process))
     for epoch in range(start_epoch, options.epochs):
@@ -468,6 +541,9 @@ def train_loop(
                 continue
             if options.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, options.max_grad_norm)
+            lr = learning_rate_at(step, total_steps, options)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             release_freed_memory()
@@ -476,7 +552,7 @@ def train_loop(
             elapsed = time.perf_counter() - started
             last = _window_means(window)
             window = []
-            record = {"step": step, "epoch": epoch, **last, "lr": options.learning_rate,
+            record = {"step": step, "epoch": epoch, **last, "lr": lr,
                       "tokens": tokens, "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
                       "elapsed_s": round(elapsed, 2)}
             bar.set_postfix(loss=f"{last['loss']:.4f}")

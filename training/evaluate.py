@@ -14,7 +14,7 @@ from pathlib import Path
 
 from simulators.domain import MAX_ROUNDS, Episode, Task
 from simulators.llm import ChatModel, GenerationConfig, Message, load_model
-from simulators.tasks import load_episodes, read_task_file
+from simulators.tasks import load_episodes, read_task_file, write_episodes
 
 METRICS = ("success", "tests_passed", "clip", "design", "rating")
 
@@ -27,6 +27,10 @@ class EvaluateConfig:
         "help": "agent: 'default', a local HF dir, 'openai:URL#MODEL', or registry:VERSION"})
     tasks: str = field(default="", metadata={"help": "ColBench task file (JSONL), or 'samples'"})
     simulator: str = field(default="default", metadata={"help": "simulated human's model"})
+    simulator_vision: bool = field(default=False, metadata={
+        "help": "frontend: the simulated human sees both screenshots, the agent's page and the reference, as "
+                "the paper's Qwen2-VL simulator does (needs a vision endpoint: --simulator openai:URL#MODEL); "
+                "otherwise it reads the differences between the two rendered pages as text"})
     out: str = field(default="eval.jsonl", metadata={"help": "rollout file (sweet_rl JSONL); existing episodes are kept"})
     against: str = field(default="", metadata={"help": "another rollout file on the same tasks: report the win rate"})
     limit: int = field(default=0, metadata={"help": "use only the first N tasks (0 = all)"})
@@ -40,6 +44,9 @@ class EvaluateConfig:
     agent_max_new_tokens: int = field(default=512, metadata={"help": "longest agent turn, in tokens"})
     simulator_max_new_tokens: int = field(default=160, metadata={"help": "longest simulator reply, in tokens"})
     batch_size: int = field(default=8, metadata={"help": "episodes advanced together"})
+    scoring: str = field(default="ours", metadata={
+        "help": "backend scorer: 'ours' (sandboxed, fair) or 'colbench' (the reference implementation's rules, "
+                "for numbers comparable with the paper and HAL; both are kept in each episode's scores)"})
 
 
 def metrics(episodes: Sequence[Episode]) -> dict:
@@ -111,12 +118,37 @@ class CriticGuidedAgent(ChatModel):
         return self.agent.completion_logprobs(prompt, completion)
 
 
+def _rescore(episodes: Sequence[Episode], scoring: str) -> bool:
+    """Score again the backend episodes whose reward another scorer produced; whether there were any."""
+    from simulators.scoring import score_episodes
+
+    stale = [e for e in episodes if e.task.kind == "backend" and e.reward is not None
+             and e.scores.get("scoring", "ours") != scoring]
+    if stale:
+        score_episodes(stale, scoring)
+    return bool(stale)
+
+
+def check_simulator_vision(simulator: str, vision: bool) -> None:
+    """The vision route sends screenshots as ``image_url`` parts: only an OpenAI-compatible endpoint
+    serving a vision model (``vllm serve Qwen2-VL-7B-Instruct``) takes them; a local model is text-only."""
+    from simulators.llm import parse_model_spec
+
+    if vision and parse_model_spec(simulator).kind != "openai":
+        raise ValueError(f"--simulator-vision sends screenshots, which the simulator {simulator!r} cannot take: "
+                         "use a vision endpoint, --simulator openai:URL#MODEL (e.g. vllm serve "
+                         "Qwen/Qwen2-VL-7B-Instruct), or leave --simulator-vision off (the text route)")
+
+
 def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task] | None = None, *, agent: ChatModel | None = None,
                    progress: bool = True) -> dict:
     """Roll out ``config.model`` (or ``agent``) on the tasks and summarise; also writes ``<out>.metrics.json``."""
     from simulators.humans import SimulatedHuman
     from simulators.rollout import RolloutConfig, run_rollouts
+    from simulators.scoring import by_scorer_summary, check_scoring
 
+    check_scoring(config.scoring)
+    check_simulator_vision(config.simulator, config.simulator_vision)
     if tasks is None:
         if not config.tasks:
             raise ValueError("evaluate: --tasks FILE is required ('samples' for our sample tasks)")
@@ -127,17 +159,26 @@ def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task] | None = None, 
         from training.critic import load_critic
 
         agent = CriticGuidedAgent(agent, load_critic(config.critic), tasks, config.critic_candidates)
-    human = SimulatedHuman(simulator, max_new_tokens=config.simulator_max_new_tokens)
+    human = SimulatedHuman(simulator, max_new_tokens=config.simulator_max_new_tokens, vision=config.simulator_vision)
     rollout = RolloutConfig(out=config.out, best_of_n=config.samples, seed=config.seed, max_rounds=config.max_rounds,
                             agent_temperature=config.agent_temperature, agent_max_new_tokens=config.agent_max_new_tokens,
-                            simulator_max_new_tokens=config.simulator_max_new_tokens, batch_size=config.batch_size)
+                            simulator_max_new_tokens=config.simulator_max_new_tokens,
+                            simulator_vision=config.simulator_vision, batch_size=config.batch_size)
     run_rollouts(tasks, agent, human, rollout, progress=progress)
     task_ids = {t.id for t in tasks}
-    episodes = [e for e in load_episodes(config.out).items if e.task.id in task_ids]
-    result = {"model": config.model, "out": config.out, **metrics(episodes)}
+    stored = load_episodes(config.out).items
+    episodes = [e for e in stored if e.task.id in task_ids]
+    if _rescore(episodes, config.scoring):  # rollouts score with ours; scores["by_scorer"] keeps both
+        write_episodes(stored, config.out)
+    result = {"model": config.model, "out": config.out, "scoring": config.scoring, **metrics(episodes)}
+    scorers = by_scorer_summary(episodes)
+    if scorers:
+        result["by_scorer"] = scorers
     if config.critic:
         result["best_of_n"] = {"critic": config.critic, "candidates": config.critic_candidates}
     if config.against:
-        result["against"] = {"file": config.against, **win_rate(episodes, load_episodes(config.against).items)}
+        others = load_episodes(config.against).items
+        _rescore(others, config.scoring)  # in memory: both sides judged by the same scorer
+        result["against"] = {"file": config.against, **win_rate(episodes, others)}
     Path(config.out).with_suffix(".metrics.json").write_text(json.dumps(result, indent=2))
     return result

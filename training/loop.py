@@ -7,9 +7,11 @@
 data in place of the critic and actor stages. The actor starts from ``--parent`` (a registry
 version; by default the registry's current one, or the base model when none is set). The parent
 and the new actor are rolled out on the same tasks with the same simulator and seed; the new
-version is registered with both results. With ``--promote-if-better``, a version whose mean reward
-beats the parent's by more than ``--promote-margin`` is marked ``promoted`` and becomes the
-registry's current version (the app serves it to new sessions). Each stage writes into ``--out``
+version is registered with both results and the gate's decision: the paired difference in reward
+(same task, same sample) with its bootstrap 95% CI, and a verdict, "promote" (the CI's lower bound
+is above ``--promote-margin``), "underpowered" (it straddles the margin: too few episodes to tell)
+or "no gain". With ``--promote-if-better``, a "promote" verdict marks the version ``promoted`` and
+makes it the registry's current version (the app serves it to new sessions). Each stage writes into ``--out``
 (``critic/``, ``actor/``, ``eval_parent.jsonl``, ``eval_new.jsonl``, ``version.json``) and a re-run
 continues from the first stage not yet finished.
 """
@@ -29,7 +31,8 @@ from training.baselines import MTDPOConfig, RFTConfig, train_mtdpo, train_rft
 from training.critic import CriticConfig, train_critic
 from training.data import DataOptions, data_snapshot, read_episodes
 from training.engine import base_spec
-from training.evaluate import EvaluateConfig, run_evaluation, win_rate
+from training.evaluate import EvaluateConfig, check_simulator_vision, run_evaluation, win_rate
+from training.stats import MIN_TASKS, compare_episodes, gate
 
 ALGORITHMS = ("sweet", "mtdpo", "rft")
 
@@ -45,9 +48,11 @@ class LoopConfig(DataOptions):
     parent: str = field(default="", metadata={
         "help": "registry version the actor starts from (empty = the current version, or the base when none)"})
     promote_if_better: bool = field(default=False, metadata={
-        "help": "when the new version's mean reward beats the parent's by more than --promote-margin: mark it "
-                "'promoted' in its metadata and make it the registry's current version"})
-    promote_margin: float = field(default=0.0, metadata={"help": "least mean-reward gain over the parent to promote"})
+        "help": "when the gate's verdict is 'promote' (the 95%% CI of the paired reward gain over the parent lies "
+                f"above --promote-margin, over at least {MIN_TASKS} tasks): mark the new version 'promoted' in its metadata "
+                "and make it the registry's current version"})
+    promote_margin: float = field(default=0.0, metadata={
+        "help": "the CI's lower bound of the paired mean-reward gain must exceed this to promote"})
     # critic
     critic_epochs: int = field(default=4, metadata={"help": "critic: passes over the pairs"})
     critic_learning_rate: float = field(default=1e-4, metadata={"help": "critic: AdamW learning rate"})
@@ -74,9 +79,15 @@ class LoopConfig(DataOptions):
     eval_tasks: str = field(default="", metadata={
         "help": "task file of the evaluation gate (empty = our sample tasks); tasks in the training data are "
                 "left out (held out), unless nothing else is left"})
-    eval_limit: int = field(default=8, metadata={"help": "evaluate on the first N tasks (0 = all)"})
-    eval_samples: int = field(default=1, metadata={"help": "episodes per task and model"})
+    eval_limit: int = field(default=12, metadata={
+        "help": f"evaluate on the first N tasks (0 = all); the gate promotes on {MIN_TASKS} tasks at least (sizing: "
+                "docs/TRAINING.md, 'The evaluation gate')"})
+    eval_samples: int = field(default=2, metadata={
+        "help": "episodes per task and model (sample k of the parent and of the new version share the seed)"})
     simulator: str = field(default="default", metadata={"help": "simulated human for the evaluation"})
+    simulator_vision: bool = field(default=False, metadata={
+        "help": "frontend evaluation: the simulated human sees both screenshots (needs a vision endpoint, "
+                "--simulator openai:URL#MODEL; see evaluate --simulator-vision)"})
     eval_max_rounds: int = field(default=MAX_ROUNDS, metadata={"help": "agent turns per evaluation episode"})
     eval_max_new_tokens: int = field(default=512, metadata={"help": "longest agent turn in evaluation"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
@@ -87,6 +98,7 @@ class LoopConfig(DataOptions):
 def run_loop(config: LoopConfig) -> dict:
     if config.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {config.algorithm!r}: use one of {', '.join(ALGORITHMS)}")
+    check_simulator_vision(config.simulator, config.simulator_vision)  # before hours of training, not after
     out = Path(config.out)
     registry = ModelRegistry()  # $COLLAB_HOME/models/registry, where registry:VERSION specs resolve
     if config.resume and (out / "version.json").is_file():
@@ -99,8 +111,7 @@ def run_loop(config: LoopConfig) -> dict:
 
     stages = train_stages(config, episodes, base, actor_spec, out)
     evaluation = evaluate_against_parent(config, out, episodes, base, actor_spec, Path(stages["actor"]["adapter"]))
-    gain = evaluation["new"].get("reward", 0.0) - evaluation["parent"].get("reward", 0.0)
-    promoted = config.promote_if_better and gain > config.promote_margin
+    promoted = config.promote_if_better and evaluation["gate"]["promote"]
     version = registry.register(
         stages["actor"]["adapter"], base=base, parent=parent or None, algorithm=config.algorithm,
         data=data_snapshot(config.data, episodes), config=asdict(config), metrics={"evaluation": evaluation, **stages},
@@ -108,7 +119,7 @@ def run_loop(config: LoopConfig) -> dict:
     if promoted:
         registry.set_current(version.id, reason="promote")
     result = {"version": version.id, "parent": parent or None, "base": base, "algorithm": config.algorithm,
-              "promoted": promoted, "reward_gain": round(gain, 4), "evaluation": evaluation}
+              "promoted": promoted, "reward_gain": evaluation["gate"]["difference"]["mean"], "evaluation": evaluation}
     (out / "version.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -158,10 +169,14 @@ def evaluation_tasks(config: LoopConfig, episodes) -> tuple[list, bool]:
 
 def evaluate_against_parent(config: LoopConfig, out: Path, episodes, base: str, parent_spec: str,
                             adapter: Path) -> dict:
-    """Roll out the new actor and its parent on the same held-out tasks, simulator and seed."""
+    """Roll out the new actor and its parent on the same held-out tasks, samples, simulator and seed; gate.
+
+    Sample k of a task gets the same seed on both sides, so the episodes pair up by (task id,
+    sample) and the gate compares each pair (``training.stats``): its verdict is in ``gate``.
+    """
     tasks, held_out = evaluation_tasks(config, episodes)
-    common = dict(simulator=config.simulator, samples=config.eval_samples, seed=config.seed,
-                  max_rounds=config.eval_max_rounds, agent_max_new_tokens=config.eval_max_new_tokens)
+    common = dict(simulator=config.simulator, simulator_vision=config.simulator_vision, samples=config.eval_samples,
+                  seed=config.seed, max_rounds=config.eval_max_rounds, agent_max_new_tokens=config.eval_max_new_tokens)
     parent_eval = EvaluateConfig(model=parent_spec, out=str(out / "eval_parent.jsonl"), **common)
     new_eval = EvaluateConfig(model=f"{base}+{adapter}", out=str(out / "eval_new.jsonl"), **common)
     old = run_evaluation(parent_eval, tasks, agent=load_model(parent_spec), progress=config.progress)
@@ -169,6 +184,7 @@ def evaluate_against_parent(config: LoopConfig, out: Path, episodes, base: str, 
     ids = {t.id for t in tasks}
     new_episodes = [e for e in load_episodes(new_eval.out).items if e.task.id in ids]
     parent_episodes = [e for e in load_episodes(parent_eval.out).items if e.task.id in ids]
+    decision = gate(compare_episodes(new_episodes, parent_episodes, "reward", seed=config.seed), config.promote_margin)
     return {"tasks": len(tasks), "held_out": held_out, "new": {k: v for k, v in new.items() if k not in ("model", "out")},
             "parent": {k: v for k, v in old.items() if k not in ("model", "out")},
-            **win_rate(new_episodes, parent_episodes)}
+            **win_rate(new_episodes, parent_episodes), "gate": {"metric": "reward", **decision.as_dict()}}

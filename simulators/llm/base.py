@@ -6,7 +6,9 @@ Chat messages in (``[{"role": "system"|"user"|"assistant", "content": str}]``), 
 * ``chat``         — one whole reply with the exact prompt it saw (rollouts log it in ``Turn.input``);
 * ``sample``       — batched sampling, ``n`` candidates per conversation (best-of-N, rollouts);
 * ``completion_logprobs`` — per-token log-probs of a given completion after a given prompt
-  (the SWEET critic and DPO need them).
+  (the SWEET critic and DPO need them);
+* ``reuse_prefixes`` — a block in which the backend may keep what it computed for earlier prompts,
+  so dialogues that grow by a turn per round are not re-encoded from the start (rollouts use it).
 
 Backends: ``simulators.llm.local`` (transformers, optional LoRA adapter) and
 ``simulators.llm.openai_client`` (any OpenAI-compatible endpoint such as ``vllm serve``).
@@ -17,7 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 Message = dict[str, str]
@@ -34,6 +37,9 @@ class GenerationConfig:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    # A backend may end a sequence as soon as ``stop_when(its text so far)`` is true (the text is
+    # kept whole), or ignore it: for callers whose use of the reply no longer depends on more text.
+    stop_when: Callable[[str], bool] | None = None
 
 
 @dataclass
@@ -70,6 +76,12 @@ class ChatModel(ABC):
     @abstractmethod
     def completion_logprobs(self, prompt: str, completion: str) -> list[float]:
         """Log-prob of each token of ``completion`` given the formatted ``prompt``."""
+
+    @contextmanager
+    def reuse_prefixes(self) -> Iterator[None]:
+        """While open, generations may reuse the work done on earlier prompts they extend. Outputs
+        are the same either way; backends without such a cache (here) do nothing."""
+        yield
 
     def chat(self, messages: list[Message], config: GenerationConfig | None = None) -> Completion:
         start = time.perf_counter()

@@ -7,20 +7,30 @@ training can use them directly; the methods here are the inference side.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
     TextIteratorStreamer,
+    TopPLogitsWarper,
 )
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 from simulators.llm.base import ChatModel, GenerationConfig, Message, ModelError
 
@@ -46,6 +56,149 @@ def truncate_at_stop(text: str, stop: list[str]) -> str:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def idle_cpu_threads() -> int:
+    """One torch thread per core not busy with other work (1-minute load average), at least one.
+
+    More threads than free cores make them spin-wait on each other at every operation: on two
+    cores shared with other jobs, one decoding step of the default model took 4.4 s with two
+    threads and 0.35 s with one (docs/BENCHMARKS.md, "Rollouts").
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, math.floor(cores - os.getloadavg()[0] + 0.5)))
+
+
+PREFIX_CACHE_BYTES = 3 << 30  # keys/values kept by ``LocalModel.reuse_prefixes`` (SmolLM2-135M: 46 KB a token)
+
+
+@dataclass
+class PrefixEntry:
+    ids: torch.Tensor  # the tokens whose keys/values are kept (a prompt and its reply)
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), [1, heads, len(ids), head_dim]
+    prompt_length: int  # how many of ``ids`` were the prompt
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.layers)
+
+
+class PrefixCache:
+    """Keys/values of recent prompt + reply sequences, least recently used dropped beyond a budget.
+
+    A dialogue's next prompt is its last prompt, the reply, and a new turn: it starts with an
+    entry (up to where re-tokenizing the reply text differs from the generated tokens), so only
+    the rest is run through the model.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self.entries: OrderedDict[int, PrefixEntry] = OrderedDict()  # by id(entry), oldest first
+        self.nbytes = 0
+
+    def take_longest_prefix(self, ids: list[int]) -> tuple[PrefixEntry | None, int]:
+        """The entry sharing the longest prefix with ``ids``, and that prefix's length. An entry
+        whose whole prompt is shared is superseded (the same dialogue a round on) and leaves the cache."""
+        best, best_length = None, 0
+        query = torch.tensor(ids)
+        for entry in self.entries.values():
+            n = min(len(entry.ids), len(query))
+            differs = (entry.ids[:n] != query[:n]).nonzero()
+            length = int(differs[0]) if len(differs) else n
+            if length > best_length:
+                best, best_length = entry, length
+        if best is not None:
+            if best_length >= best.prompt_length:
+                self._remove(best)
+            else:
+                self.entries.move_to_end(id(best))
+        return best, best_length
+
+    def add(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]], prompt_length: int) -> None:
+        entry = PrefixEntry(torch.tensor(ids), layers, prompt_length)
+        if entry.nbytes > self.budget_bytes:
+            return
+        self.entries[id(entry)] = entry
+        self.nbytes += entry.nbytes
+        while self.nbytes > self.budget_bytes:
+            self._remove(next(iter(self.entries.values())))
+
+    def _remove(self, entry: PrefixEntry) -> None:
+        del self.entries[id(entry)]
+        self.nbytes -= entry.nbytes
+
+
+class _BufferLayer(CacheLayerMixin):
+    """One layer's keys/values in preallocated storage ``[batch, heads, capacity, head_dim]``: new
+    tokens are written in place (a ``DynamicLayer`` concatenates, copying the whole cache each token)."""
+
+    is_sliding = False
+
+    def __init__(self, storage_keys: torch.Tensor, storage_values: torch.Tensor, length: int):
+        super().__init__()
+        self.storage_keys, self.storage_values, self.length = storage_keys, storage_values, length
+        self.device = storage_keys.device
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        pass  # allocated up front
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.storage_keys[:, :, self.length:end] = key_states
+        self.storage_values[:, :, self.length:end] = value_states
+        self.length = end
+        return self.storage_keys[:, :, :end], self.storage_values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.storage_keys.shape[-2]
+
+
+class _BufferCache(Cache):
+    """A batch's keys/values, rows left-padded to a common length, written in place as it decodes."""
+
+    def __init__(self, layers: list[_BufferLayer]):
+        super().__init__(layers=layers)
+
+    @classmethod
+    def allocate(cls, like: list[tuple[torch.Tensor, torch.Tensor]], rows: int, capacity: int,
+                 length: int) -> _BufferCache:
+        """Storage for ``rows`` sequences of up to ``capacity`` tokens, shaped after the layers in ``like``."""
+        layers = []
+        for keys, values in like:
+            shape = (rows, keys.shape[1], capacity, keys.shape[3])
+            layers.append(_BufferLayer(keys.new_empty(shape), values.new_empty(shape[:3] + values.shape[3:]), length))
+        return cls(layers)
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length
+
+    def write_row(self, row: int, layers: list[tuple[torch.Tensor, torch.Tensor]], start: int) -> None:
+        """Put one sequence's keys/values in ``row`` at columns ``start:``; the padding before is zeroed
+        (masked out, but uninitialised memory could hold NaNs, and 0 * NaN is NaN)."""
+        for layer, (keys, values) in zip(self.layers, layers):
+            for storage, states in ((layer.storage_keys, keys), (layer.storage_values, values)):
+                storage[row, :, :start] = 0
+                storage[row, :, start:start + states.shape[-2]] = states[0]
+
+    def row(self, row: int, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of one row's keys/values from column ``start`` (its first real token) on."""
+        return [(layer.storage_keys[row:row + 1, :, start:layer.length].clone(),
+                 layer.storage_values[row:row + 1, :, start:layer.length].clone()) for layer in self.layers]
+
+    def select_rows(self, rows: torch.Tensor, trim: int) -> None:
+        """Keep only ``rows``, and drop the first ``trim`` columns (padding in all of them)."""
+        for layer in self.layers:
+            layer.storage_keys = layer.storage_keys[rows][:, :, trim:]
+            layer.storage_values = layer.storage_values[rows][:, :, trim:]
+            layer.length -= trim
 
 
 class LocalModel(ChatModel):
@@ -91,6 +244,9 @@ class LocalModel(ChatModel):
         # One generate at a time: seeding is process-global (torch.manual_seed), so concurrent
         # seeded calls would not reproduce, and parallel generates only fight over the cores.
         self._generate_lock = threading.Lock()
+        self._prefix_lock = threading.Lock()
+        self._prefixes: PrefixCache | None = None  # open while a ``reuse_prefixes`` block is
+        self._prefix_users = 0
 
     # --- prompts and tokens ----------------------------------------------------------------------
 
@@ -198,48 +354,156 @@ class LocalModel(ChatModel):
     def generate_texts(
         self, prompts: list[str], n: int = 1, config: GenerationConfig | None = None
     ) -> list[list[str]]:
-        """``n`` continuations of each raw prompt, all in ONE batched ``generate`` call (left padding;
-        each prompt is encoded and run through the model once, its KV cache shared by its n candidates)."""
+        """``n`` continuations of each raw prompt, decoded together as one batch.
+
+        Each prompt is run through the model once (its KV cache shared by its n candidates), or
+        only from where it leaves a cached prefix inside ``reuse_prefixes``. A sequence leaves the
+        batch as soon as it ends (end-of-sequence token, stop string or ``config.stop_when``), so
+        the others no longer carry it. Greedy output, and sampled output for a seed, are those of ``model.generate``
+        on the left-padded batch (``tests/test_llm_local.py`` checks both).
+        """
         config = config or GenerationConfig()
         if not prompts or n < 1:
             return [[] for _ in prompts]
         fitted = [self._fit_prompt(self.encode(p), config.max_new_tokens) for p in prompts]
         max_new_tokens = min(budget for _, budget in fitted)
-        width = max(len(ids) for ids, _ in fitted)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(fitted):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
-        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        stop_kwargs = dict(stop_strings=config.stop, tokenizer=self.tokenizer) if config.stop else {}
         # Greedy candidates are all the same: decode each prompt once and repeat it.
         copies = n if config.temperature > 0 else 1
         with self._generate_lock, torch.inference_mode():
             self._seed(config)
-            cache_kwargs = {}
-            if copies > 1 and width > 1:
-                # The n candidates share their prompt: run it through the model once per prompt
-                # (all but its last token, which generate feeds itself) and repeat the KV cache.
-                cache_kwargs["cache"] = self._prefill(input_ids[:, :-1], attention_mask[:, :-1])
-                cache_kwargs["cache"].batch_repeat_interleave(copies)
-                input_ids = input_ids.repeat_interleave(copies, dim=0)
-                attention_mask = attention_mask.repeat_interleave(copies, dim=0)
-            output = self.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                **cache_kwargs, **stop_kwargs, **self._generate_kwargs(config))
-        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-        texts = [truncate_at_stop(t, config.stop) for t in texts]
+            generated = self._decode([ids for ids, _ in fitted], copies, max_new_tokens, config)
+        texts = [truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), config.stop)
+                 for ids in generated]
         if copies == 1:
             return [[text] * n for text in texts]
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """The KV cache of a left-padded batch (positions count from each row's first real token)."""
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=True, logits_to_keep=1)
-        return output.cache
+    @contextmanager
+    def reuse_prefixes(self, budget_bytes: int = PREFIX_CACHE_BYTES) -> Iterator[None]:
+        """Keep each prompt's and completion's keys/values while the block is open, so that a later
+        prompt extending one of them (the same dialogue a round on) is encoded only from where it
+        differs. ``budget_bytes`` bounds the memory held (least recently used entries go first).
+        Nested blocks share the outermost one's cache; it is dropped when that one closes.
+
+        Only for fixed weights: a block must not span a training step or an adapter switch.
+        """
+        with self._prefix_lock:
+            if self._prefixes is None:
+                self._prefixes = PrefixCache(budget_bytes)
+            self._prefix_users += 1
+        try:
+            yield
+        finally:
+            with self._prefix_lock:
+                self._prefix_users -= 1
+                if self._prefix_users == 0:
+                    self._prefixes = None
+
+    def _decode(self, prompts: list[list[int]], copies: int, max_new_tokens: int,
+                config: GenerationConfig) -> list[list[int]]:
+        """The generated token ids of ``copies`` sequences per prompt (end-of-sequence token kept).
+
+        One decoding loop over the whole batch, with its keys/values in one preallocated
+        left-padded buffer (a ``DynamicCache`` reallocates and copies the whole cache at every
+        token). Rows that have ended are dropped from the buffer. For sampling the random draw
+        always covers every row of the batch, as ``generate`` does, so a seed draws the same
+        tokens whichever rows have ended.
+        """
+        prefixes = self._prefixes
+        width = max(len(ids) for ids in prompts)
+        rows = len(prompts) * copies
+        cache, last_logits = None, []
+        for index, ids in enumerate(prompts):
+            layers, logits = self._prefill_one(ids, prefixes)
+            last_logits.append(logits)
+            if cache is None:
+                cache = _BufferCache.allocate(layers, rows, width + max_new_tokens, length=width)
+            for copy in range(copies):
+                cache.write_row(index * copies + copy, layers, start=width - len(ids))
+            del layers
+        # Row r holds prompt r // copies, right-aligned at column ``width``.
+        prompt_of_row = [prompts[r // copies] for r in range(rows)]
+        padding = torch.tensor([width - len(ids) for ids in prompt_of_row], device=self.device)
+        columns = torch.arange(width + max_new_tokens, device=self.device)
+        attention_mask = (columns[None, :] >= padding[:, None]).long()
+        positions = torch.tensor([len(ids) for ids in prompt_of_row], device=self.device)
+        logits = torch.cat(last_logits).repeat_interleave(copies, dim=0).float()
+        warpers = self._warpers(config)
+        stop_ids = self._stop_token_ids()
+        check_text = bool(config.stop) or config.stop_when is not None
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        active = list(range(rows))  # batch row i is sequence active[i]
+        for step in range(max_new_tokens):
+            if config.temperature > 0:
+                # The draw covers all ``rows`` (ended rows get a dummy distribution), as in generate().
+                probs = torch.zeros((rows, logits.shape[-1]), device=self.device)
+                probs[:, self.pad_token_id] = 1.0
+                probs[active] = torch.softmax(warpers(None, logits), dim=-1)
+                tokens = torch.multinomial(probs, num_samples=1)[active, 0]
+            else:
+                tokens = torch.argmax(logits, dim=-1)
+            keep = []
+            for i, (sequence, token) in enumerate(zip(active, tokens.tolist())):
+                generated[sequence].append(token)
+                if not (token in stop_ids or (check_text and self._text_ends(generated[sequence], config))):
+                    keep.append(i)
+            if step + 1 == max_new_tokens:
+                keep = []
+            if prefixes is not None:
+                # An ended row's keys/values cover its prompt and its reply but the last token.
+                for i in sorted(set(range(len(active))) - set(keep)):
+                    sequence = active[i]
+                    prefixes.add(prompt_of_row[sequence] + generated[sequence][:-1],
+                                 cache.row(i, start=int(padding[i])), prompt_length=len(prompt_of_row[sequence]))
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                trim = int(padding[index].min())  # columns now padding in every row
+                cache.select_rows(index, trim)
+                attention_mask, padding = attention_mask[index, trim:], padding[index] - trim
+                positions, tokens = positions[index], tokens[index]
+                active = [active[i] for i in keep]
+            output = self.model(input_ids=tokens[:, None], position_ids=positions[:, None], cache=cache,
+                                attention_mask=attention_mask[:, :cache.length + 1], use_cache=True)
+            logits = output.logits[:, -1].float()
+            positions = positions + 1
+        return generated
+
+    def _prefill_one(self, ids: list[int], prefixes: PrefixCache | None):
+        """(keys/values of ``ids`` per layer, logits after its last token), from the longest cached prefix."""
+        entry, reused = prefixes.take_longest_prefix(ids) if prefixes is not None else (None, 0)
+        reused = min(reused, len(ids) - 1)  # the last token is always fed: its logits start the reply
+        cache = DynamicCache()
+        if reused:
+            for layer, (keys, values) in enumerate(entry.layers):
+                cache.update(keys[:, :, :reused], values[:, :, :reused], layer)
+        input_ids = torch.tensor([ids[reused:]], device=self.device)
+        position_ids = torch.arange(reused, len(ids), device=self.device)[None]
+        output = self.model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True,
+                            logits_to_keep=1)
+        layers = [(layer.keys, layer.values) for layer in output.cache.layers]
+        return layers, output.logits[:, -1]
+
+    def _warpers(self, config: GenerationConfig) -> LogitsProcessorList:
+        # OpenAI semantics: only temperature and top_p shape sampling (generate() would add top_k=50).
+        warpers = LogitsProcessorList()
+        if config.temperature > 0 and config.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(config.temperature))
+        if config.temperature > 0 and config.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(config.top_p))
+        return warpers
+
+    def _stop_token_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos) if isinstance(eos, (list, tuple)) else {eos}
+
+    def _text_ends(self, ids: list[int], config: GenerationConfig) -> bool:
+        """Whether the text of ``ids`` holds a stop string or satisfies ``config.stop_when``."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return any(s and s in text for s in config.stop) or (config.stop_when is not None and config.stop_when(text))
 
     # --- scoring ---------------------------------------------------------------------------------
 
