@@ -15,6 +15,7 @@ from pathlib import Path
 from simulators.domain import MAX_ROUNDS, Episode, Task
 from simulators.llm import ChatModel, GenerationConfig, Message, load_model
 from simulators.tasks import load_episodes, read_task_file, write_episodes
+from training.stats import matched_pairs
 
 METRICS = ("success", "tests_passed", "clip", "design", "rating")
 
@@ -64,17 +65,11 @@ def metrics(episodes: Sequence[Episode]) -> dict:
 
 def win_rate(episodes: Sequence[Episode], others: Sequence[Episode]) -> dict:
     """How often ``episodes`` beat ``others`` on the same (task, sample): wins + ½ ties, over matches."""
-    theirs = {(e.task.id, int(e.meta.get("sample", 0))): e.reward for e in others if e.reward is not None}
-    wins = ties = matched = 0
-    for episode in episodes:
-        other = theirs.get((episode.task.id, int(episode.meta.get("sample", 0))))
-        if episode.reward is None or other is None:
-            continue
-        matched += 1
-        wins += episode.reward > other
-        ties += episode.reward == other
-    rate = (wins + 0.5 * ties) / matched if matched else float("nan")
-    return {"win_rate": round(rate, 4), "wins": wins, "ties": ties, "matched": matched}
+    ours, theirs, _ = matched_pairs(episodes, others)
+    wins = sum(a > b for a, b in zip(ours, theirs))
+    ties = sum(a == b for a, b in zip(ours, theirs))
+    rate = (wins + 0.5 * ties) / len(ours) if ours else float("nan")
+    return {"win_rate": round(rate, 4), "wins": wins, "ties": ties, "matched": len(ours)}
 
 
 class CriticGuidedAgent(ChatModel):
