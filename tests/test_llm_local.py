@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -197,6 +199,18 @@ def test_prefix_cache_takes_the_longest_match_and_keeps_to_its_budget():
 
 def test_idle_cpu_threads_is_between_one_and_the_cores_of_this_process():
     assert 1 <= idle_cpu_threads() <= len(os.sched_getaffinity(0))
+
+
+def test_idle_cpu_threads_counts_cores_busy_right_now_as_taken():
+    """With a process spinning on every core, no core is idle: one thread (more would spin-wait)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    try:
+        time.sleep(0.3)  # let them start spinning
+        assert idle_cpu_threads(sample_s=0.5) == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def test_stream_deltas_join_to_the_unstreamed_reply(tiny):

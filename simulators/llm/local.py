@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,15 +59,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def idle_cpu_threads() -> int:
-    """One torch thread per core not busy with other work (1-minute load average), at least one.
+def idle_cpu_threads(sample_s: float = 0.25) -> int:
+    """One torch thread per core not busy with other work right now, at least one.
 
     More threads than free cores make them spin-wait on each other at every operation: on two
     cores shared with other jobs, one decoding step of the default model took 4.4 s with two
-    threads and 0.35 s with one (docs/BENCHMARKS.md, "Rollouts").
+    threads and 0.35 s with one (docs/BENCHMARKS.md, "Rollouts"). Busy cores are measured over
+    ``sample_s`` from ``/proc/stat`` (the 1-minute load average still counts work that ended up to
+    minutes ago); the load average where there is no ``/proc/stat``.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, math.floor(cores - os.getloadavg()[0] + 0.5)))
+    try:
+        before = _cpu_times()
+        time.sleep(sample_s)
+        after = _cpu_times()
+        busy_share = 1 - (after[1] - before[1]) / max(after[0] - before[0], 1)
+        busy = busy_share * (os.cpu_count() or cores)
+    except OSError:
+        busy = os.getloadavg()[0]
+    return max(1, min(cores, math.floor(cores - busy + 0.5)))
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(all, idle) clock ticks of the machine's CPUs since boot, from ``/proc/stat``."""
+    with open("/proc/stat") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    return sum(ticks[:8]), ticks[3] + ticks[4]  # user..steal; idle + iowait
 
 
 PREFIX_CACHE_BYTES = 3 << 30  # keys/values kept by ``LocalModel.reuse_prefixes`` (SmolLM2-135M: 46 KB a token)
