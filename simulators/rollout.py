@@ -131,15 +131,26 @@ def run_rollouts(tasks: Sequence[Task], agent: ChatModel, human: SimulatedHuman,
             batch = [new_episode(task, human=human.name, agent_model=agent.name,
                                  meta={"sample": k, "seed": config.seed})
                      for task, k in work[start:start + config.batch_size]]
-            play(batch, agent, human, config, on_round=bar.advance)
-            if config.score:
-                from simulators.scoring import score_episodes
-
-                score_episodes(batch)
-            for episode in batch:
-                append_episode(episode, out)
-            finished.extend(batch)
+            try:
+                play(batch, agent, human, config, on_round=bar.advance)
+            except Exception:
+                # A model failing for good mid-batch (an endpoint down past its retries) must not
+                # take the episodes that had already ended with it: they are kept, and a re-run resumes.
+                finished.extend(_keep_episodes([e for e in batch if e.answer is not None], out, config.score))
+                raise
+            finished.extend(_keep_episodes(batch, out, config.score))
     return finished
+
+
+def _keep_episodes(episodes: list[Episode], out: Path, score: bool) -> list[Episode]:
+    """Score (if ``score``) and append ``episodes`` to the output JSONL."""
+    if score and episodes:
+        from simulators.scoring import score_episodes
+
+        score_episodes(episodes)
+    for episode in episodes:
+        append_episode(episode, out)
+    return episodes
 
 
 class EpisodeProgress:
@@ -150,15 +161,15 @@ class EpisodeProgress:
         self.max_rounds = max_rounds
         self.credited: dict[int, float] = {}  # id(episode) -> share of it on the bar
         self.bar = tqdm(total=total, desc="rollouts", unit="ep", disable=disable,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}, {rate_fmt}]")
-        self.bar.set_postfix_str(f"0/{total} episodes done", refresh=False)
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+        self.bar.set_description_str(f"rollouts (0/{total} episodes done)", refresh=False)
 
     def advance(self, episodes: Sequence[Episode]) -> None:
         for episode in episodes:
             share = 1.0 if episode.answer is not None else min(episode.rounds / self.max_rounds, 1.0)
             self.bar.update(share - self.credited.get(id(episode), 0.0))
             self.credited[id(episode)] = share
-        self.bar.set_postfix_str(f"{self.done}/{self.bar.total} episodes done")
+        self.bar.set_description_str(f"rollouts ({self.done}/{self.bar.total} episodes done)")
 
     @property
     def done(self) -> int:
