@@ -46,10 +46,10 @@ import atexit
 import base64
 import hashlib
 import io
-import itertools
 import logging
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -670,7 +670,9 @@ class _AssetProxy:
     def add_page(self, html: str) -> tuple[str, str, str]:
         """Register a page; returns (path, url, HTML as served). Asset URLs are pointed at the
         proxy, and the Tailwind v2 link names the page so that the proxy can serve its subset."""
-        path = f"/page/{next(_page_ids)}"
+        # Unguessable: a page may fetch from its own origin, and must not reach the others
+        # (an answer rendered beside the reference could copy the reference into its screenshot).
+        path = f"/page/{secrets.token_urlsafe(18)}"
         html = _HTTPS_ASSET_URL.sub("http://", html)
         # Only static pages: a script could put together class names that its text never spells.
         if self.tailwind_subset and is_static_html(html):
@@ -756,8 +758,6 @@ class _AssetProxy:
         self._server.shutdown()
         self._server.server_close()
 
-
-_page_ids = itertools.count(1)
 
 
 def asset_warnings(assets_dir: Path) -> list[str]:

@@ -384,3 +384,37 @@ def test_fetch_script_is_idempotent_and_explains_a_missing_npm(tmp_path):
     )
     assert missing.returncode != 0
     assert "npm is not installed" in missing.stderr and "Traceback" not in missing.stderr
+
+
+SECRET_PAGE = ("<html><body><p>TOPSECRET-reference-page</p><script>"
+               "const until = Date.now() + 1500; while (Date.now() < until) {}</script></body></html>")
+PAGE_SNOOPER = """<html><body><pre id="out">?</pre><script>
+// Scan the proxy for other pages while one is being rendered beside this one (synchronous
+// requests keep this page from loading, so what it found is in the DOM when it is read).
+const own = parseInt(location.pathname.split("/").pop());
+const guesses = [];
+for (let d = 1; d <= 50; d++) guesses.push(own - d, own + d);
+for (let id = 1; id <= 200; id++) guesses.push(id);
+let found = "nothing";
+const until = Date.now() + 2000;
+while (Date.now() < until && found === "nothing") {
+  for (const id of guesses) {
+    const request = new XMLHttpRequest();
+    request.open("GET", "/page/" + id, false);
+    try {
+      request.send();
+      const match = request.status === 200 && request.responseText.match(/TOPSECRET-[a-z-]+/);
+      if (match) { found = match[0]; break; }
+    } catch (error) {}
+  }
+}
+document.getElementById("out").textContent = found;
+</script></body></html>"""
+
+
+def test_a_page_cannot_read_another_page_from_the_proxy(renderer):
+    """An answer's page rendered beside the reference page must not fetch the reference's HTML from
+    the render proxy (and copy it into its own screenshot): page addresses cannot be guessed."""
+    snooper, secret = renderer.render_many([PAGE_SNOOPER, SECRET_PAGE], timeout_s=20)
+    assert snooper.ok and secret.ok, (snooper.error, secret.error)
+    assert [b.text for b in snooper.blocks] == ["nothing"]
