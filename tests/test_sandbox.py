@@ -515,6 +515,45 @@ def test_each_program_of_a_run_runs_in_a_job_of_its_own(box):
     assert values == {"first": [42], "second": [[1], "012", []]}
 
 
+def test_programs_run_in_the_same_job_get_fresh_namespaces_and_an_unchanged_harness(box):
+    """``same_job`` (task references only): one job, and what one program changes in the builtins,
+    ``sys.modules``, alarm handler, recursion limit or working directory is put back for the next."""
+    first = (
+        "import builtins, os, random, signal, sys\n"
+        "START = [os.getcwd(), sys.getrecursionlimit()]\n"
+        "builtins.sorted = lambda x: [42]\nbuiltins.planted = 1\ndel builtins.abs\nrandom.seed(7)\n"
+        "sys.modules['json'] = None\nsys.setrecursionlimit(60)\nos.chdir('/')\n"
+        "signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+        "def f():\n    return START"
+    )
+    second = (
+        "import builtins, json, os, random, sys\n"
+        "def f():\n"
+        "    return [sorted([2, 1]), hasattr(builtins, 'planted'), 'START' in globals(), json.dumps([abs(-2)]),\n"
+        "            random.random(), [os.getcwd(), sys.getrecursionlimit()]]\n"
+        "def spin():\n    while True:\n        pass"
+    )
+    result = box.run(
+        "run_calls",
+        {
+            "programs": [
+                {"name": "first", "source": first, "calls": {"c": "f()"}},
+                {"name": "second", "source": second, "calls": {"c": "f()", "spin": "spin()"}},
+            ],
+            "load_timeout_s": 5.0,
+            "call_timeout_s": 0.5,
+            "seed": 0,
+            "same_job": True,
+        },
+        wall_s=30.0,
+    )
+    assert result.clean_exit and result.jobs == 1, result.describe()
+    calls = {(m["program"], m["name"]): m for m in result.messages if m["kind"] == "call"}
+    start = calls["first", "c"]["value"]
+    assert calls["second", "c"]["value"] == [[1, 2], False, False, "[2]", 0.8444218515250481, start]
+    assert calls["second", "spin"]["timed_out"] is True  # the alarm still fires
+
+
 def test_a_python_installation_under_tmp_moves_the_scratch_elsewhere():
     """A venv under /tmp (where CI may clone) is bound into the read-only view, so the scratch
     tmpfs cannot be /tmp there (it used to fail with 'File exists')."""
