@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from simulators.humans import SimulatedHuman
     from simulators.llm import load_model
+    from simulators.llm.openai_client import use_concurrency
     from simulators.rollout import run_rollouts
 
     config = config_from_args(RolloutConfig, args)
@@ -86,6 +87,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     tasks = read_task_file(config.tasks, config.kind, config.limit)
     agent = load_model(config.agent)
     simulator = agent if config.simulator == config.agent else load_model(config.simulator)
+    use_concurrency(args.concurrency, simulator)
+    # Lockstep: a batch bounds what is in flight. (A local agent keeps its own batch size: its memory.)
+    if use_concurrency(args.concurrency, agent):
+        config.batch_size = max(config.batch_size, args.concurrency)
     human = SimulatedHuman(simulator, max_new_tokens=config.simulator_max_new_tokens,
                            vision=config.simulator_vision)
     run_rollouts(tasks, agent, human, config)
@@ -99,6 +104,15 @@ def add_scoring_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scoring", choices=SCORERS, default="ours",
                         help="backend scorer: 'ours' (sandboxed, fair; default) or 'colbench' (the reference "
                              "implementation's rules, to compare with the paper and HAL)")
+
+
+def add_concurrency_argument(parser: argparse.ArgumentParser) -> None:
+    from simulators.llm.openai_client import DEFAULT_CONCURRENCY
+
+    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                        help="requests in flight at once to an openai: agent or simulator (sized for `vllm serve`); "
+                             "with an openai: agent, --batch-size is raised to N so that N episodes advance together "
+                             f"(default: {DEFAULT_CONCURRENCY})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout = commands.add_parser("rollout", help="simulated collaborations -> sweet_rl JSONL",
                                   description=RolloutConfig.__doc__)
     add_dataclass_arguments(rollout, RolloutConfig)
+    add_concurrency_argument(rollout)
     rollout.set_defaults(run=cmd_rollout)
     return parser
 

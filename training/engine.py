@@ -550,7 +550,7 @@ def train_loop(
             step += 1
             bar.update(1)
             elapsed = time.perf_counter() - started
-            last = _window_means(window)
+            last = _window_means(window, accelerator)
             window = []
             record = {"step": step, "epoch": epoch, **last, "lr": lr,
                       "tokens": tokens, "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
@@ -610,10 +610,15 @@ def _glibc():
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
-def _window_means(window: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+def _window_means(window: list[tuple[float, dict[str, float]]], accelerator) -> dict[str, float]:
+    """Loss and stats of one optimiser step, averaged over its micro-batches in every process (the
+    processes' windows are equally long: equal shards), not over the main process's share alone."""
     means = {"loss": sum(loss for loss, _ in window) / len(window)}
     for key in window[0][1]:
         means[key] = sum(stats[key] for _, stats in window) / len(window)
+    if accelerator.num_processes > 1:
+        local = torch.tensor(list(means.values()), dtype=torch.float64, device=accelerator.device)
+        means = dict(zip(means, accelerator.reduce(local, reduction="mean").tolist()))
     return {k: round(v, 6) for k, v in means.items()}
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from simulators.domain import MAX_ROUNDS, Episode, Task
 from simulators.llm import ChatModel, GenerationConfig, Message, load_model
+from simulators.llm.openai_client import DEFAULT_CONCURRENCY, use_concurrency
 from simulators.tasks import load_episodes, read_task_file, write_episodes
 from training.stats import matched_pairs
 
@@ -45,6 +46,9 @@ class EvaluateConfig:
     agent_max_new_tokens: int = field(default=512, metadata={"help": "longest agent turn, in tokens"})
     simulator_max_new_tokens: int = field(default=160, metadata={"help": "longest simulator reply, in tokens"})
     batch_size: int = field(default=8, metadata={"help": "episodes advanced together"})
+    concurrency: int = field(default=DEFAULT_CONCURRENCY, metadata={
+        "help": "requests in flight at once to an openai: agent or simulator (sized for `vllm serve`); with an "
+                "openai: agent, --batch-size is raised to N so that N episodes advance together"})
     scoring: str = field(default="ours", metadata={
         "help": "backend scorer: 'ours' (sandboxed, fair) or 'colbench' (the reference implementation's rules, "
                 "for numbers comparable with the paper and HAL; both are kept in each episode's scores)"})
@@ -150,6 +154,11 @@ def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task] | None = None, 
         tasks = read_task_file(config.tasks, config.kind, config.limit)
     agent = agent or load_model(config.model)
     simulator = load_model(config.simulator)
+    batch_size = config.batch_size
+    use_concurrency(config.concurrency, simulator)
+    # Lockstep: a batch bounds what is in flight. (A local agent keeps its own batch size: its memory.)
+    if use_concurrency(config.concurrency, agent):
+        batch_size = max(batch_size, config.concurrency)
     if config.critic:
         from training.critic import load_critic
 
@@ -158,7 +167,7 @@ def run_evaluation(config: EvaluateConfig, tasks: Sequence[Task] | None = None, 
     rollout = RolloutConfig(out=config.out, best_of_n=config.samples, seed=config.seed, max_rounds=config.max_rounds,
                             agent_temperature=config.agent_temperature, agent_max_new_tokens=config.agent_max_new_tokens,
                             simulator_max_new_tokens=config.simulator_max_new_tokens,
-                            simulator_vision=config.simulator_vision, batch_size=config.batch_size)
+                            simulator_vision=config.simulator_vision, batch_size=batch_size)
     run_rollouts(tasks, agent, human, rollout, progress=progress)
     task_ids = {t.id for t in tasks}
     stored = load_episodes(config.out).items
