@@ -214,8 +214,13 @@ def train_on_pairs(scorer: TokenScorer, tokenizer, turns: Sequence[TurnPairs], c
     return {"steps": result.steps, "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), **result.last}
 
 
-def critic_pairs(config: ActorConfig, episodes: Sequence[Episode], lm, tokenizer, out: Path) -> list[dict]:
-    """Steps 1–3, each written to ``out`` and reused by a re-run."""
+def critic_pairs(config: ActorConfig, episodes: Sequence[Episode], lm, tokenizer, out: Path, *,
+                 write: bool = True) -> list[dict]:
+    """Steps 1–3, each written to ``out`` (when ``write``) and reused by a re-run.
+
+    Under ``accelerate launch`` every process computes the same pairs (the same seeds) and only
+    the main one writes: several writers of one file would race.
+    """
     from training.critic import load_critic
 
     records = turn_records(episodes, config.data_fraction, config.seed)
@@ -226,22 +231,25 @@ def critic_pairs(config: ActorConfig, episodes: Sequence[Episode], lm, tokenizer
         candidates = [row["candidates"] for row in _read_jsonl(sampled_path)]
     else:
         candidates = sample_candidates(lm, tokenizer, records, config, progress=config.progress)
-        _write_jsonl(sampled_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c}
-                                    for r, c in zip(records, candidates)])
+        if write:
+            _write_jsonl(sampled_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c}
+                                        for r, c in zip(records, candidates)])
     if not config.critic:
         raise ValueError("ranking needs a trained critic: pass --critic DIR (or --pairs FILE)")
     critic = load_critic(config.critic, device=next(lm.parameters()).device)
     scores = rank_candidates(critic, records, candidates, progress=config.progress)
     del critic
-    _write_jsonl(ranked_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c, "scores": s}
-                               for r, c, s in zip(records, candidates, scores)])
+    if write:
+        _write_jsonl(ranked_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c, "scores": s}
+                                   for r, c, s in zip(records, candidates, scores)])
     rng = random.Random(config.seed)
     rows = []
     for record, texts, turn_scores in zip(records, candidates, scores):
         for a, b in ranked_pairs(texts, turn_scores, config.pairs_per_turn, rng):
             rows.append({"prompt": record.prompt, "chosen": texts[a], "rejected": texts[b], "source": "critic",
                          "task_id": record.task_id, "chosen_score": turn_scores[a], "rejected_score": turn_scores[b]})
-    _write_jsonl(pairs_path, rows)
+    if write:
+        _write_jsonl(pairs_path, rows)
     return rows
 
 
@@ -258,7 +266,7 @@ def train_actor(config: ActorConfig, episodes: Sequence[Episode] | None = None) 
         rows = _read_jsonl(Path(config.pairs))
     else:
         episodes = list(episodes) if episodes is not None else read_episodes(config.data, config.kind)
-        rows = critic_pairs(config, episodes, lm, tokenizer, out)
+        rows = critic_pairs(config, episodes, lm, tokenizer, out, write=accelerator.is_main_process)
     sources = defaultdict(int)
     for row in rows:
         sources[row.get("source", "file")] += 1
