@@ -24,7 +24,8 @@ THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],
 
 def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
     ctx = AppContext(config)
-    with gr.Blocks(title="collab-rl", analytics_enabled=False) as app:
+    # fill_width: the chat, the reference and the panes use the whole window, not a centred column.
+    with gr.Blocks(title="collab-rl", analytics_enabled=False, fill_width=True) as app:
         # A callable value is evaluated at each page load: it shows the version served right now.
         gr.Markdown(lambda: f"## collab-rl · agent `{ctx.actor.resolved_spec()}`")
         with gr.Tab("Collaborate"):
@@ -45,5 +46,7 @@ def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
 
 def launch(config: AppConfig, credentials: list[tuple[str, str]] | None = None, **kwargs):
     app, ctx = build_app(config)
+    for warning in ctx.frontend_setup_warnings():  # said at start too, not only at the first page
+        print(f"collab-rl: {warning}", flush=True)
     return app.launch(server_name=config.host, server_port=config.port, auth=credentials or None,
                       theme=THEME, footer_links=[], allowed_paths=[str(ctx.store.renders_dir)], **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import textwrap
 import threading
 from pathlib import Path
 
@@ -49,7 +50,8 @@ class TaskCatalog:
         """(label, id) pairs for a dropdown."""
         with self._lock:
             tasks = [t for t in self._tasks.values() if kind in (None, "", "any", t.kind)]
-        return [(f"[{t.kind}] {t.problem_description[:80]}", t.id) for t in tasks]
+        # Cut at a word, not mid-word, with an ellipsis that says there is more.
+        return [(f"[{t.kind}] {textwrap.shorten(t.problem_description, 80, placeholder=' …')}", t.id) for t in tasks]
 
     def random(self, kind: str | None = None, rng: random.Random | None = None) -> Task:
         ids = [task_id for _, task_id in self.choices(kind)]

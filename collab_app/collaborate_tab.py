@@ -12,7 +12,9 @@ import gradio as gr
 from collab_app.catalog import free_form_task
 from collab_app.context import AppContext
 from collab_app.messages import agent_markdown, message_text
+from collab_app.notices import REFUSALS, notice_box, refusal_text, reports_to, warning
 from collab_app.session import LiveSession, SessionError
+from simulators.clip_score import WEIGHTS_ENV as CLIP_WEIGHTS_ENV
 from simulators.llm.base import ModelError
 from simulators.tasks import TaskFileError
 
@@ -40,31 +42,64 @@ def chat_messages(session: LiveSession | None) -> list[dict]:
 def score_markdown(session: LiveSession | None) -> str:
     if session is None:
         return ""
-    status = f"**Round {session.episode.rounds}/10** · session `{session.session_id[:8]}` · model `{session.agent.name}`"
+    status = (f"**Round {session.episode.rounds}/10** · session `{session.session_id[:8]}` · "
+              f"model `{session.agent.name}`{reply_speed(session)}")
     if not session.finished:
         return status
     scores = session.episode.scores
     if session.task.free_form:
         return status + "\n\n### Done\nRate the result below (1–5)."
     if session.task.kind == "backend":
-        lines = [status, f"\n### Score: {scores.get('tests_passed', 0):.0%} of tests passed "
-                         f"{'✅ success' if scores.get('success') else '❌'}",
-                 "| test | call | expected | got | |", "|---|---|---|---|---|"]
-        for test in scores.get("tests", []):
-            lines.append(f"| {test.get('name')} | `{_cell(test.get('call'))}` | `{_cell(test.get('expected'))}` | "
-                         f"`{_cell(test.get('got') or test.get('error'))}` | {'✅' if test.get('passed') else '❌'} |")
-        return "\n".join(lines)
+        return status + "\n" + tests_markdown(scores, session.episode.answer)
     parts = [status, "\n### Score"]
     if "clip" in scores:
         parts.append(f"- CLIP similarity: **{scores['clip']:.3f}**")
-    else:
-        parts.append(f"- CLIP: not available ({scores.get('clip_unavailable', 'no weights')})")
+    else:  # one line: the full reason (every place looked in) is in the server log
+        parts.append(f"- CLIP: not available, so the reward is the design score. To add it, set `{CLIP_WEIGHTS_ENV}` "
+                     "to the ViT-B-32 weights, or run `python -m simulators.clip_score --download` once online.")
     for key in ("design", "design_block_match", "design_text", "design_position", "design_color"):
         if key in scores:
             parts.append(f"- {key.replace('_', ' ')}: {scores[key]:.3f}")
     if scores.get("render_error"):
         parts.append(f"- render error: {scores['render_error']}")
     return "\n".join(parts)
+
+
+def reply_speed(session: LiveSession) -> str:
+    """`` · last reply 12.3 s, 41 tokens (3.3 tok/s)``: what a wait for the agent costs."""
+    turns = session.episode.agent_turns
+    if not turns or not turns[-1].latency_s:
+        return ""
+    seconds = turns[-1].latency_s
+    tokenizer = getattr(session.agent, "tokenizer", None)  # local models; endpoints do not say
+    if tokenizer is None:
+        return f" · last reply {seconds:.1f} s"
+    tokens = len(tokenizer.encode(turns[-1].content, add_special_tokens=False))
+    return f" · last reply {seconds:.1f} s, {tokens} tokens ({tokens / seconds:.1f} tok/s)"
+
+
+def tests_markdown(scores: dict, answer: str | None = None) -> str:
+    """A backend answer's score and its hidden tests, one row each.
+
+    Verdicts are words and DejaVu's ✓/✗ glyphs, not emoji: Debian's Chromium has no emoji font
+    and would draw ✅/❌ as empty boxes."""
+    verdict = "✓ success" if scores.get("success") else "✗ not solved"
+    lines = [f"\n### Score: {scores.get('tests_passed', 0):.0%} of tests passed · {verdict}"]
+    if scores.get("error"):  # the answer as a whole was not run: say why before the table
+        lines.append(f"Not scored: **{scores['error']}**.")
+        if answer and answer.count("```") % 2:
+            lines.append("The reply ends inside an unclosed code block: it was most likely cut at the token limit "
+                         "(`--max-new-tokens`), so its code is incomplete. Ask the agent for the answer again.")
+    lines += ["| test | call | expected | got | verdict |", "|---|---|---|---|---|"]
+    for test in scores.get("tests", []):
+        got = test.get("got") if test.get("got") is not None else test.get("error")
+        lines.append(f"| {test.get('name')} | `{_cell(test.get('call'))}` | {_code_cell(test.get('expected'))} | "
+                     f"{_code_cell(got)} | {'✓ pass' if test.get('passed') else '✗ fail'} |")
+    return "\n".join(lines)
+
+
+def _code_cell(value) -> str:
+    return "–" if value is None else f"`{_cell(value)}`"
 
 
 def _cell(value) -> str:
@@ -87,73 +122,95 @@ def build_collaborate_tab(ctx: AppContext) -> None:
                 free_text = gr.Textbox(label="Describe what you want", lines=3, elem_id="free-text")
                 free_kind = gr.Radio([("Python function", "backend"), ("Web page", "frontend")],
                                      value="backend", label="Kind")
-                free_btn = gr.Button("Start free-form session", size="sm")
+                free_btn = gr.Button("Start free-form session", size="sm", elem_id="free-start")
             with gr.Accordion("Upload a ColBench task file", open=False):
                 upload = gr.File(label="JSONL", file_types=[".jsonl", ".json"])
                 upload_note = gr.Markdown()
             name = gr.Textbox(label="Your name (recorded with the session)", value="anonymous", max_lines=1)
-        with gr.Column(scale=3):
+        with gr.Column(scale=4):  # the chat is what the person reads and writes: it gets the most room
             chatbot = gr.Chatbot(label="Collaboration", height=520, editable="all", elem_id="collab-chat",
                                  feedback_options=("Like", "Dislike"))
+            notice = notice_box("collab-notice")
             with gr.Row():
                 textbox = gr.Textbox(placeholder="Answer the agent as the human…", show_label=False, scale=8,
                                      max_lines=8, elem_id="collab-input")
-                send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="collab-send")
-                stop_btn = gr.Button("Stop", scale=1)
+                # Narrow buttons (Gradio's default min width is 160 px each): the reply box gets the room.
+                send_btn = gr.Button("Send", variant="primary", scale=0, min_width=80, elem_id="collab-send")
+                stop_btn = gr.Button("Stop", scale=0, min_width=80, elem_id="collab-stop")
             with gr.Row():
                 regen_btn = gr.Button("Regenerate", size="sm", elem_id="collab-regenerate")
-                undo_btn = gr.Button("Undo", size="sm")
+                undo_btn = gr.Button("Undo", size="sm", elem_id="collab-undo")
                 suggest_btn = gr.Button("Suggest a reply", size="sm", elem_id="collab-suggest")
                 autoplay_btn = gr.Button("Let the simulator play", size="sm", elem_id="collab-autoplay")
+                end_btn = gr.Button("End and score", size="sm", elem_id="collab-end")
             score = gr.Markdown(elem_id="collab-score")
-            with gr.Group(visible=False) as rating_box:
+            with gr.Group(visible=False, elem_id="collab-rating") as rating_box:
                 rating = gr.Slider(1, 5, value=3, step=1, label="Your rating")
                 comment = gr.Textbox(label="Comment (optional)", max_lines=3)
-                rate_btn = gr.Button("Save rating", size="sm")
+                rate_btn = gr.Button("Save rating", size="sm", elem_id="collab-rate")
         with gr.Column(scale=2):
             with gr.Accordion("You are the human: what you know", open=True):
                 problem = gr.Markdown(NO_SESSION)
                 reference_code = gr.Code(language="python", label="Hidden reference function", visible=False,
-                                         lines=12, max_lines=40, interactive=False)
+                                         lines=12, max_lines=40, interactive=False, wrap_lines=True)
                 reference_image = gr.Image(label="The page you want", visible=False, type="pil", elem_id="reference-page")
+                setup_note = notice_box("frontend-setup")  # what is missing for pages to look right
             draft_image = gr.Image(label="The agent's latest page", visible=False, type="filepath", elem_id="draft-page")
 
     # -- handlers -------------------------------------------------------------------------------
-    def views(session: LiveSession | None):
+    # Refusals (gr.Error) become the notice beside the chat: Gradio's error badge would cover it.
+    reported = reports_to(notice)
+
+    def views(session: LiveSession | None, note: str = ""):
         """Everything that depends on the session, in the order of ``session_outputs``."""
-        finished = session is not None and session.finished
         latest = session.latest_render_path() if session else None
-        return (session, chat_messages(session), score_markdown(session),
-                gr.update(visible=bool(finished and session.task.free_form)),
-                gr.update(value=str(latest) if latest else None, visible=latest is not None))
+        # A free-form session is rated by the person, at any time (its score is the rating).
+        rated = session is not None and session.task.free_form
+        return (session, chat_messages(session), score_markdown(session), gr.update(visible=rated),
+                gr.update(value=str(latest) if latest else None, visible=latest is not None), note)
 
-    session_outputs = [session_state, chatbot, score, rating_box, draft_image]
+    session_outputs = [session_state, chatbot, score, rating_box, draft_image, notice]
+    start_outputs = [*session_outputs, problem, reference_code, reference_image, setup_note, task_pick]
+    unchanged = (gr.update(),) * (len(start_outputs) - len(session_outputs))
 
+    def require(session: LiveSession | None) -> LiveSession:
+        if session is None:
+            raise gr.Error(NO_SESSION)
+        return session
+
+    @reported
     def start(task_id, person, session):
         if not task_id:
             raise gr.Error("Pick a task first (or press Random).")
-        return open_session(ctx.catalog.get(task_id), person, session)
+        yield from open_session(ctx.catalog.get(task_id), person, session)
 
+    @reported
     def start_free(description, task_kind, person, session):
         description = ctx.person_message(description, empty="Describe the task first.")
-        return open_session(free_form_task(description, task_kind), person, session)
+        yield from open_session(free_form_task(description, task_kind), person, session)
 
     def open_session(task, person, session):
-        if session is not None and not session.finished:
-            session.abandon()
+        """A new session, then the agent's first turn (it opens with its questions)."""
         try:
-            session = ctx.new_session(task, person or "anonymous", mode="free" if task.free_form else "human")
+            new = ctx.new_session(task, person or "anonymous", mode="free" if task.free_form else "human")
         except ModelError as exc:
             raise gr.Error(f"Model error: {exc}") from exc
+        if session is not None and not session.finished:
+            session.abandon()
         reference = ctx.reference_image(task) if task.kind == "frontend" and not task.free_form else None
         shows_code = task.kind == "backend" and not task.free_form
-        return (*views(session), f"**Task ({task.kind}):** {task.problem_description}",
-                gr.update(value=task.hidden_information if shows_code else "", visible=shows_code),
-                gr.update(value=reference, visible=reference is not None))
+        what = "free-form, you rate the result" if task.free_form else task.kind
+        yield (*views(new), f"**Task ({what}):** {task.problem_description}",
+               gr.update(value=task.hidden_information if shows_code else "", visible=shows_code),
+               gr.update(value=reference, visible=reference is not None),
+               " ".join(map(warning, ctx.frontend_setup_warnings())) if task.kind == "frontend" else "",
+               gr.update(value=None) if task.free_form else gr.update())  # no other task seems picked
+        for view in agent_streams(new):
+            yield (*view, *unchanged)
 
     def pick_random(task_kind):
         try:
-            return ctx.catalog.random(task_kind).id
+            return ctx.catalog.random(task_kind).id, ""
         except KeyError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -170,15 +227,14 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         note = f"Added {added} task(s)." + ("".join(f"\n- skipped {e}" for e in errors[:20]))
         return gr.update(choices=ctx.catalog.choices(task_kind)), note
 
+    @reported
     def person_sends(text, session):
-        if session is None:
-            raise gr.Error(NO_SESSION)
+        session = require(session)
         text = ctx.person_message(text)
-        try:
-            session.human_says(text)
-        except SessionError as exc:
-            raise gr.Error(str(exc)) from exc
-        return "", *views(session)
+        session.human_says(text)
+        yield "", *views(session)
+        for view in agent_streams(session):
+            yield gr.update(), *view  # the box is the person's again: keep what they type meanwhile
 
     def agent_streams(session, stream=None):
         """Stream an agent turn into the chat; errors end as a notice, never a frozen UI."""
@@ -186,46 +242,49 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             yield views(session)
             return
         base, rest = chat_messages(session), views(session)[2:]
+        note = ""
         try:
             for view in stream or session.agent_replies():
                 if not view.done:
                     yield (session, base + [{"role": "assistant", "content": view.text}], *rest)
                 elif view.render_error:
-                    gr.Warning(f"The agent's page did not render: {view.render_error}")
+                    note = warning(f"The agent's page did not render: {view.render_error}")
         except (ModelError, SessionError) as exc:
-            gr.Warning(str(exc))
+            note = warning(str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed turn must leave the session usable
-            gr.Warning(f"The agent's turn failed: {exc}")
-        yield views(session)
+            note = warning(f"The agent's turn failed: {exc}")
+        yield views(session, note)
 
+    @reported
     def regenerate(session):
-        if session is None:
-            raise gr.Error(NO_SESSION)
+        session = require(session)
+        if session.replying:
+            raise gr.Error("The agent is replying now; press Stop first to regenerate.")
+        if session.expecting == "agent":  # a failed or stopped turn: try again
+            yield from agent_streams(session, session.agent_replies(session.resampling_config()))
+            return
         if session.episode.turns[-1].role != "agent":
             raise gr.Error("There is no agent reply to regenerate.")
         yield from agent_streams(session, session.regenerate())
 
+    @reported
     def undo(session):
-        if session is None:
-            raise gr.Error(NO_SESSION)
-        try:
-            session.undo()
-        except SessionError as exc:
-            raise gr.Error(str(exc)) from exc
-        return views(session)
+        session = require(session)
+        text = session.undo()
+        return text, *views(session)
 
+    @reported
     def suggest(session):
-        if session is None:
-            raise gr.Error(NO_SESSION)
+        session = require(session)
         try:
-            return session.suggest_reply(ctx.simulator())
-        except (SessionError, ModelError) as exc:
-            raise gr.Error(str(exc)) from exc
+            return session.suggest_reply(ctx.simulator()), ""
+        except ModelError as exc:
+            raise gr.Error(f"Simulator error: {exc}") from exc
 
+    @reported
     def autoplay(session):
         """Agent and simulator alternate until the episode ends."""
-        if session is None:
-            raise gr.Error(NO_SESSION)
+        session = require(session)
         if session.task.free_form:
             raise gr.Error("The simulator knows nothing of a free-form task; you play the human here.")
         simulator = ctx.simulator()
@@ -234,60 +293,61 @@ def build_collaborate_tab(ctx: AppContext) -> None:
                 try:
                     session.human_says(session.suggest_reply(simulator))
                 except ModelError as exc:
-                    gr.Warning(f"Simulator error: {exc}")
-                    break
+                    yield views(session, warning(f"Simulator error: {exc}"))
+                    return
             turns_before = len(session.episode.turns)
             yield from agent_streams(session)
-            if len(session.episode.turns) == turns_before:  # the agent's turn failed: stop here
-                break
+            if len(session.episode.turns) == turns_before:  # the agent's turn failed: its notice stays
+                return
         yield views(session)
 
-    def on_like(session, data: gr.LikeData):
-        if session is None:
-            return
-        try:
-            session.vote(data.index if isinstance(data.index, int) else data.index[0], bool(data.liked))
-        except SessionError as exc:
-            gr.Warning(str(exc))
-
-    def on_edit(session, data: gr.EditData):
-        if session is None:
-            raise gr.Error(NO_SESSION)
-        index = data.index if isinstance(data.index, int) else data.index[0]
-        text = ctx.person_message(message_text(data.value), empty="An edited message cannot be empty.")
-        try:
-            session.edit(index, text)
-        except SessionError as exc:
-            raise gr.Error(str(exc)) from exc
+    @reported
+    def end(session):
+        session = require(session)
+        session.end()
         return views(session)
 
-    def rate(value, note, session):
-        if session is None:
-            raise gr.Error(NO_SESSION)
-        session.rate(int(value), note or "")
-        gr.Info("Rating saved.")
+    @reported
+    def on_like(session, data: gr.LikeData):
+        session = require(session)
+        session.vote(data.index if isinstance(data.index, int) else data.index[0], bool(data.liked))
+        return ""
 
-    start_outputs = [*session_outputs, problem, reference_code, reference_image]
-    # The agent speaks first (it opens with its questions), so every start chains its first turn.
+    @reported
+    def on_edit(session, data: gr.EditData):
+        session = require(session)
+        index = data.index if isinstance(data.index, int) else data.index[0]
+        try:
+            text = ctx.person_message(message_text(data.value), empty="An edited message cannot be empty.")
+            session.edit(index, text)
+        except REFUSALS as refusal:  # the chat shows the edit: put the stored text back
+            yield views(session, refusal_text(refusal))
+            return
+        # An edit of the person's own message asks the agent again: it answers the edited text.
+        yield from agent_streams(session)
+
+    @reported
+    def rate(value, note, session):
+        require(session).rate(int(value), note or "")
+        return "Rating saved."
+
+    # Each event that makes the agent speak streams its turn itself (no chained step): a refusal
+    # is a notice, not an exception, so a chain could not tell it from success.
     turn_events = [
-        start_btn.click(start, [task_pick, name, session_state], start_outputs)
-        .success(agent_streams, session_state, session_outputs),
-        free_btn.click(start_free, [free_text, free_kind, name, session_state], start_outputs)
-        .success(agent_streams, session_state, session_outputs),
+        start_btn.click(start, [task_pick, name, session_state], start_outputs),
+        free_btn.click(start_free, [free_text, free_kind, name, session_state], start_outputs),
+        *[trigger(person_sends, [textbox, session_state], [textbox, *session_outputs])
+          for trigger in (textbox.submit, send_btn.click)],
+        regen_btn.click(regenerate, session_state, session_outputs),
+        autoplay_btn.click(autoplay, session_state, session_outputs),
+        chatbot.edit(on_edit, session_state, session_outputs),
     ]
-    random_btn.click(pick_random, kind, task_pick)
+    random_btn.click(reported(pick_random), kind, [task_pick, notice])
     kind.change(filter_tasks, kind, task_pick)
     upload.upload(on_upload, [upload, kind], [task_pick, upload_note])
-    turn_events += [
-        trigger(person_sends, [textbox, session_state], [textbox, *session_outputs])
-        .success(agent_streams, session_state, session_outputs)
-        for trigger in (textbox.submit, send_btn.click)
-    ]
-    turn_events.append(regen_btn.click(regenerate, session_state, session_outputs))
-    turn_events.append(autoplay_btn.click(autoplay, session_state, session_outputs))
     stop_btn.click(lambda s: s and s.stop(), session_state, None, cancels=turn_events)
-    undo_btn.click(undo, session_state, session_outputs)
-    suggest_btn.click(suggest, session_state, textbox)
-    chatbot.like(on_like, session_state, None)
-    chatbot.edit(on_edit, session_state, session_outputs)
-    rate_btn.click(rate, [rating, comment, session_state], None)
+    undo_btn.click(undo, session_state, [textbox, *session_outputs])
+    suggest_btn.click(suggest, session_state, [textbox, notice])
+    end_btn.click(end, session_state, session_outputs)
+    chatbot.like(on_like, session_state, notice)
+    rate_btn.click(rate, [rating, comment, session_state], notice)

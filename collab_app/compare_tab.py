@@ -12,12 +12,15 @@ import gradio as gr
 from collab_app.comparison import POSITIONS, Comparison, Side
 from collab_app.context import AppContext
 from collab_app.messages import agent_markdown
+from collab_app.notices import notice_box, reports_to, warning
 from collab_app.session import SessionError
 from simulators.domain import MAX_ROUNDS
 from simulators.llm.base import ModelError
 
 NO_COMPARISON = "Pick a task and two models, then press **Start comparison**."
 VOTE_BUTTONS = (("a", "← A is better"), ("tie", "Tie"), ("both_bad", "Both are bad"), ("b", "B is better →"))
+SAME_MODEL_NOTE = ("Both specs serve the same model: its replies are sampled (each side with its own seed) so "
+                   "they differ, but the Leaderboard leaves these votes out: a model cannot be rated against itself.")
 VERDICT_WORDS = {"a": "A is better", "b": "B is better", "tie": "a tie", "both_bad": "both are bad"}
 
 
@@ -84,7 +87,7 @@ def score_cell(side: Side, comparison: Comparison) -> str:
         return f"not scored: {side.score_error}"
     scores = side.scores
     if comparison.task.kind == "backend":
-        return f"{scores.get('tests_passed', 0):.0%} of tests passed {'✅' if scores.get('success') else '❌'}"
+        return f"{scores.get('tests_passed', 0):.0%} of tests passed · {'✓ success' if scores.get('success') else '✗'}"
     parts = [f"CLIP {scores['clip']:.3f}"] if "clip" in scores else []
     if "design" in scores:
         parts.append(f"design {scores['design']:.3f}")
@@ -116,6 +119,7 @@ def build_compare_tab(ctx: AppContext) -> None:
                                          lines=10, max_lines=30, interactive=False)
         with gr.Column(scale=4):
             status = gr.Markdown(NO_COMPARISON, elem_id="compare-status")
+            notice = notice_box("compare-notice")
             with gr.Row(equal_height=True):
                 chat_a = gr.Chatbot(label="Model A", height=440, buttons=["copy", "copy_all"], elem_id="compare-chat-a")
                 chat_b = gr.Chatbot(label="Model B", height=440, buttons=["copy", "copy_all"], elem_id="compare-chat-b")
@@ -140,7 +144,9 @@ def build_compare_tab(ctx: AppContext) -> None:
         path = ctx.store.render_path(hashes[-1]) if hashes else None
         return str(path) if path else None
 
-    def views(comparison: Comparison | None, streaming: dict[str, str] | None = None):
+    reported = reports_to(notice)  # refusals: a line beside the panes, not Gradio's error badge over them
+
+    def views(comparison: Comparison | None, streaming: dict[str, str] | None = None, note: str = ""):
         """Everything that depends on the comparison, in the order of ``outputs``."""
         stage = comparison.stage if comparison else None
         if streaming is not None:
@@ -157,11 +163,12 @@ def build_compare_tab(ctx: AppContext) -> None:
                 latest_page(comparison, "a") if frontend else None,
                 latest_page(comparison, "b") if frontend else None,
                 *[voting] * len(vote_buttons), writing, writing, writing,
-                gr.update(interactive=stage == "replies" and streaming is None), result_markdown(comparison))
+                gr.update(interactive=stage == "replies" and streaming is None), result_markdown(comparison), note)
 
     outputs = [comparison_state, chat_a, chat_b, status, pages_row, page_a, page_b, *vote_buttons,
-               textbox, send_btn, end_btn, retry_btn, result]
+               textbox, send_btn, end_btn, retry_btn, result, notice]
 
+    @reported
     def start(task_id, spec_1, spec_2, person, comparison):
         if not task_id:
             raise gr.Error("Pick a task first (or press Random task).")
@@ -182,11 +189,14 @@ def build_compare_tab(ctx: AppContext) -> None:
                                 renderer=ctx.renderer if task.kind == "frontend" else None)
         reference = ctx.reference_image(task) if task.kind == "frontend" else None
         shows_code = task.kind == "backend"
-        return (*views(comparison), f"**Task ({task.kind}):** {task.problem_description}",
-                gr.update(value=task.hidden_information if shows_code else "", visible=shows_code), reference,
-                gr.update(open=False))
+        note = SAME_MODEL_NOTE if comparison.same_model else ""
+        yield (*views(comparison, note=note), f"**Task ({task.kind}):** {task.problem_description}",
+               gr.update(value=task.hidden_information if shows_code else "", visible=shows_code), reference,
+               gr.update(open=False))
+        for view in stream(comparison, note):
+            yield (*view, gr.update(), gr.update(), gr.update(), gr.update())
 
-    def stream(comparison):
+    def stream(comparison, note: str = ""):
         """Both replies stream into their panes; a failure ends as a notice and Retry stays open."""
         if comparison is None or comparison.stage != "replies":
             yield views(comparison)
@@ -194,64 +204,60 @@ def build_compare_tab(ctx: AppContext) -> None:
         try:
             for view in comparison.replies():
                 if view.complete:
-                    for position in POSITIONS:
-                        if getattr(view, position).render_error:
-                            gr.Warning(f"Model {position.upper()}'s page did not render: "
-                                       f"{getattr(view, position).render_error}")
+                    failed = [f"Model {p.upper()}'s page did not render: {getattr(view, p).render_error}"
+                              for p in POSITIONS if getattr(view, p).render_error]
+                    note = warning(" ".join(failed)) if failed else note
                     break
-                yield views(comparison, {"a": view.a.text, "b": view.b.text})
+                yield views(comparison, {"a": view.a.text, "b": view.b.text}, note)
         except (ModelError, SessionError) as exc:
-            gr.Warning(str(exc))
+            note = warning(str(exc))
         except Exception as exc:  # noqa: BLE001 - a failed round must leave the comparison usable
-            gr.Warning(f"The replies failed: {exc}")
-        yield views(comparison)
+            note = warning(f"The replies failed: {exc}")
+        yield views(comparison, note=note)
 
+    @reported
     def vote(verdict: str, comparison):
         if comparison is None:
             raise gr.Error(NO_COMPARISON)
-        try:
-            if comparison.stage == "final_vote":
-                comparison.vote_final(verdict)
-            else:
-                comparison.vote(verdict)
-        except SessionError as exc:
-            raise gr.Error(str(exc)) from exc
+        if comparison.stage == "final_vote":
+            comparison.vote_final(verdict)
+        else:
+            comparison.vote(verdict)
         return views(comparison)
 
+    @reported
     def person_sends(text, comparison):
         if comparison is None:
             raise gr.Error(NO_COMPARISON)
         text = ctx.person_message(text)
-        try:
-            comparison.human_says(text)
-        except SessionError as exc:
-            raise gr.Error(str(exc)) from exc
-        return "", *views(comparison)
+        comparison.human_says(text)
+        yield "", *views(comparison)
+        for view in stream(comparison):
+            yield gr.update(), *view
 
+    @reported
     def end(comparison):
         if comparison is None:
             raise gr.Error(NO_COMPARISON)
-        try:
-            comparison.end()
-        except SessionError as exc:
-            raise gr.Error(str(exc)) from exc
+        comparison.end()
         return views(comparison)
 
+    @reported
     def pick_random(task_kind):
         try:
-            return ctx.catalog.random(task_kind).id
+            return ctx.catalog.random(task_kind).id, ""
         except KeyError as exc:
             raise gr.Error(str(exc)) from exc
 
+    # Events that make the models reply stream the round themselves (no chained step): a refusal
+    # is a notice, not an exception, so a chain could not tell it from success.
     start_btn.click(start, [task_pick, first_spec, second_spec, name, comparison_state],
-                    [*outputs, problem, reference_code, reference_image, setup]
-                    ).success(stream, comparison_state, outputs)
+                    [*outputs, problem, reference_code, reference_image, setup])
     for button, (verdict, _) in zip(vote_buttons, VOTE_BUTTONS):
         button.click(lambda c, v=verdict: vote(v, c), comparison_state, outputs)
     for trigger in (textbox.submit, send_btn.click):
-        trigger(person_sends, [textbox, comparison_state], [textbox, *outputs]).success(stream, comparison_state,
-                                                                                        outputs)
+        trigger(person_sends, [textbox, comparison_state], [textbox, *outputs])
     end_btn.click(end, comparison_state, outputs)
     retry_btn.click(stream, comparison_state, outputs)
-    random_btn.click(pick_random, kind, task_pick)
+    random_btn.click(pick_random, kind, [task_pick, notice])
     kind.change(lambda k: gr.update(choices=ctx.catalog.choices(k), value=None), kind, task_pick)

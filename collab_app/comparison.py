@@ -5,7 +5,10 @@ round's vote is a preference pair on one exact prompt. That only holds if both m
 *same* history, hence the rules:
 
 * the two models sit at positions ``a`` and ``b`` in random order (``a`` is shown on the left);
-  their names stay hidden until the final vote;
+  their names stay hidden until the final vote. Two specs that serve the same model (``default``
+  and ``current`` before any promotion) are allowed: its replies are then sampled, each side with
+  its own seed, so they differ (the leaderboard leaves such votes out: a model cannot be rated
+  against itself);
 * there is ONE shared history. Each round both models reply to it (each side's exact formatted
   prompt is recorded), and the person votes ``a`` / ``b`` / ``tie`` / ``both_bad`` before writing
   again. The preferred reply (``a`` on a tie or both-bad) is carried forward into the history;
@@ -39,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from collab_app.session import SessionError
+from collab_app.session import RESAMPLE_TEMPERATURE, SessionError, fresh_seed
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
 from simulators.humans import agent_messages
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
@@ -150,6 +153,12 @@ class Comparison:
         return "replies" if self.history[-1].role == "human" else "message"
 
     @property
+    def same_model(self) -> bool:
+        """Both sides are one model (two specs that serve the same version): its replies are
+        sampled, each side with its own seed, or they would be the same text."""
+        return self.first.name == self.second.name
+
+    @property
     def revealed(self) -> bool:
         return self.stage == "done"
 
@@ -182,10 +191,9 @@ class Comparison:
         self.cancel.clear()
         episode = Episode(task=self.task, turns=list(self.history))
         messages = agent_messages(episode)
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
         views = {p: ReplyView() for p in POSITIONS}
         latency: dict[str, float] = {}
-        for position, delta in self._merged_streams(messages, config, latency):
+        for position, delta in self._merged_streams(messages, self._configs(), latency):
             if delta is None:
                 views[position].done = True
             else:
@@ -206,7 +214,15 @@ class Comparison:
         self.pending = replies
         yield RoundView(**views, complete=True)
 
-    def _merged_streams(self, messages, config: GenerationConfig,
+    def _configs(self) -> dict[str, GenerationConfig]:
+        if not self.same_model:
+            config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
+            return dict.fromkeys(POSITIONS, config)
+        return {p: GenerationConfig(max_new_tokens=self.max_new_tokens,
+                                    temperature=self.temperature or RESAMPLE_TEMPERATURE, seed=fresh_seed())
+                for p in POSITIONS}
+
+    def _merged_streams(self, messages, configs: dict[str, GenerationConfig],
                         latency: dict[str, float]) -> Iterator[tuple[str, str | None]]:
         """(position, delta) as either model produces text; (position, None) when a side is done.
         Each model streams in its own thread, so both generate at the same time."""
@@ -215,7 +231,7 @@ class Comparison:
 
         def pump(position: str, model: ChatModel) -> None:
             try:
-                for delta in model.stream_chat(messages, config, self.cancel):
+                for delta in model.stream_chat(messages, configs[position], self.cancel):
                     events.put((position, delta, None))
                 latency[position] = round(time.perf_counter() - start, 3)
                 events.put((position, None, None))

@@ -63,9 +63,10 @@ class AppContext:
         self.actor.get()  # an app following the registry loads the new version now, not mid-session
 
     def model_slot(self, spec: str) -> ActorSlot:
-        """Any model by spec, loaded once and shared by every tab; the agent's spec is the agent's slot."""
+        """Any model by spec, loaded once and shared by every tab; the agent's spec, or the spec it
+        serves now (``default`` under ``current`` before any promotion), is the agent's slot."""
         spec = spec.strip()
-        if spec == self.config.model:
+        if spec in (self.config.model, self.actor.resolved_spec()):
             return self.actor
         return self._model_slots.setdefault(spec, ActorSlot(spec))
 
@@ -78,6 +79,13 @@ class AppContext:
         if len(text) > limit:
             raise gr.Error(f"That message is {len(text):,} characters; the limit is {limit:,}.")
         return text
+
+    def frontend_setup_warnings(self) -> list[str]:
+        """What is missing for pages to render as their authors meant (the Tailwind files), and how to add it."""
+        from simulators.paths import web_dir
+        from simulators.render import asset_warnings
+
+        return asset_warnings(web_dir())
 
     @property
     def renderer(self):

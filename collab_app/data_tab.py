@@ -9,8 +9,10 @@ from pathlib import Path
 import gradio as gr
 
 from collab_app.context import AppContext
-from collab_app.export import export
+from collab_app.export import NO_PAIRS, export
 from collab_app.messages import agent_markdown
+from collab_app.notices import notice_box
+from simulators.preferences import preference_pairs
 
 COLUMNS = ["session", "started", "kind", "mode", "human", "model", "status", "reward", "rating", "turns"]
 ANY = "any"
@@ -52,7 +54,8 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
         model = gr.Textbox(label="Model version", placeholder="any")
         min_reward = gr.Number(label="Minimum reward", value=None)
         refresh = gr.Button("Refresh", size="sm")
-    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="sessions-table")
+    # No wrapping: ten columns in a wrapped table squeeze each header to one letter per line.
+    table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=False, elem_id="sessions-table")
     with gr.Row():
         with gr.Column(scale=3):
             replay_chat = gr.Chatbot(label="Replay", height=420)
@@ -61,7 +64,8 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
             fmt = gr.Radio([("sweet_rl JSONL", "sweet"), ("TRL preference pairs", "trl"), ("HF dataset (zip)", "hf")],
                            value="sweet", label="Export format")
             export_btn = gr.Button("Export", elem_id="export")
-            export_file = gr.File(label="Download", interactive=False)
+            export_note = notice_box("export-note")
+            export_file = gr.File(label="Download", interactive=False, elem_id="export-file")
 
     filters = [kind, mode, model, min_reward]
 
@@ -73,20 +77,31 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
         return replay(ctx, data.iloc[row, 0] if hasattr(data, "iloc") else data[row][0])
 
     def do_export(fmt_value, kind_value, mode_value):
+        """The export as a download, and a line saying what it holds (or why there is none)."""
         out_dir = Path(tempfile.mkdtemp(prefix="collab-export-"))
         filters = {"kind": None if kind_value == ANY else kind_value, "mode": None if mode_value == ANY else mode_value}
+        if fmt_value == "trl":
+            path = out_dir / "preferences.jsonl"
+            count = export(ctx.store, "trl", path)
+            if not count:
+                return None, f"{NO_PAIRS} Nothing to download."
+            return str(path), f"Exported {count} preference pair(s) (TRL prompt/chosen/rejected JSONL)."
         if fmt_value == "hf":
             import shutil
 
             count = export(ctx.store, "hf", out_dir / "dataset", **filters)
             path = shutil.make_archive(str(out_dir / "collab-dataset"), "zip", out_dir / "dataset")
-        else:
-            path = out_dir / ("sessions.jsonl" if fmt_value == "sweet" else "preferences.jsonl")
-            count = export(ctx.store, fmt_value, path, **filters)
-        gr.Info(f"Exported {count} row(s).")
-        return str(path)
+            pairs = len(preference_pairs(ctx.store))
+            return path, (f"Exported {count} session(s) and {pairs} preference pair(s) as a Hugging Face dataset: "
+                          "unzip it and open it with `datasets.load_from_disk`."
+                          + ("" if pairs else f" Its preferences split is empty. {NO_PAIRS}"))
+        path = out_dir / "sessions.jsonl"
+        count = export(ctx.store, "sweet", path, **filters)
+        if not count:
+            return None, "No stored session matches these filters: nothing to download."
+        return str(path), f"Exported {count} session(s) (sweet_rl trajectory JSONL)."
 
     for trigger in (tab.select, refresh.click, kind.change, mode.change):
         trigger(refresh_table, filters, table)
     table.select(select, table, [replay_chat, summary])
-    export_btn.click(do_export, [fmt, kind, mode], export_file)
+    export_btn.click(do_export, [fmt, kind, mode], [export_file, export_note])

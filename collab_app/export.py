@@ -16,6 +16,20 @@ from simulators.store import SessionStore
 from simulators.tasks import write_episodes
 
 FORMATS = ("sweet", "trl", "hf")
+TRAJECTORY_FEATURES = {"session_id": "string", "task_kind": "string", "mode": "string", "model_version": "string",
+                       "reward": "float64", "trajectory": "string"}
+PREFERENCE_FEATURES = {"prompt": "string", "chosen": "string", "rejected": "string", "source": "string",
+                       "session_id": "string", "turn_idx": "int64"}
+NO_PAIRS = ("No preference pairs yet: they come from edits of the agent's messages, regenerated replies you "
+            "then liked, and the Compare tab's round votes.")
+
+
+def typed_dataset(rows: list[dict], columns: dict[str, str]):
+    """A ``datasets.Dataset`` with these column types, also when ``rows`` is empty."""
+    from datasets import Dataset, Features, Value
+
+    features = Features({name: Value(dtype) for name, dtype in columns.items()})
+    return Dataset.from_dict({name: [row[name] for row in rows] for name in columns}, features=features)
 
 
 def export(store: SessionStore, fmt: str, out: str | Path, **filters) -> int:
@@ -35,7 +49,7 @@ def export(store: SessionStore, fmt: str, out: str | Path, **filters) -> int:
         tmp.replace(out)
         return len(pairs)
     if fmt == "hf":
-        from datasets import Dataset, DatasetDict
+        from datasets import DatasetDict
 
         episodes = store.episodes(**filters)
         # Nested task/turn objects become JSON strings: their keys vary by task kind.
@@ -43,13 +57,11 @@ def export(store: SessionStore, fmt: str, out: str | Path, **filters) -> int:
                          "model_version": e.agent_model or "", "reward": e.reward,
                          "trajectory": json.dumps(e.to_sweet(), ensure_ascii=False)} for e in episodes]
         pairs = [p.to_dict() for p in preference_pairs(store)]
-        empty_pair = {"prompt": [], "chosen": [], "rejected": [], "source": [], "session_id": [], "turn_idx": []}
-        empty_trajectory = {"session_id": [], "task_kind": [], "mode": [], "model_version": [], "reward": [],
-                            "trajectory": []}
-        DatasetDict({
-            "trajectories": Dataset.from_list(trajectories) if trajectories else Dataset.from_dict(empty_trajectory),
-            "preferences": Dataset.from_list(pairs) if pairs else Dataset.from_dict(empty_pair),
-        }).save_to_disk(str(out))
+        splits = DatasetDict({"trajectories": typed_dataset(trajectories, TRAJECTORY_FEATURES),
+                              "preferences": typed_dataset(pairs, PREFERENCE_FEATURES)})
+        # One shard per split: ``datasets`` writes an empty split with none, and load_from_disk then
+        # fails on it (IndexError); typed columns keep an empty split's schema.
+        splits.save_to_disk(str(out), num_shards=dict.fromkeys(splits, 1))
         return len(trajectories)
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 

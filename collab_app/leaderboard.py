@@ -69,6 +69,26 @@ def stored_battles(store: SessionStore, votes: str = "final") -> list[Battle]:
     return battles
 
 
+def left_out_note(store: SessionStore, votes: str = "final") -> str:
+    """Why stored votes are not in the ratings, said rather than dropped silently: a model
+    compared with itself (two specs serving one version), and the votes of the other set."""
+    chosen = stored_battles(store, votes)
+    with_itself = [b for b in chosen if b.model_a == b.model_b]
+    lines = []
+    if len(chosen) == len(with_itself):
+        lines.append("No votes to rate yet: compare two different models in the Compare tab.")
+    if with_itself:
+        models = ", ".join(f"`{m}`" for m in sorted({b.model_a for b in with_itself}))
+        lines.append(f"{len(with_itself)} vote(s) left out: they compare a model with itself ({models}), which says "
+                     "nothing about its rating. Two specs can serve the same model (`default` and `current` before "
+                     "any promotion).")
+    others = len(stored_battles(store, "all")) - len(chosen)
+    if others:
+        lines.append(f"{others} {'round' if votes == 'final' else 'final'} vote(s) are not counted in this view; "
+                     "choose “All votes” to include them.")
+    return "\n\n".join(lines)
+
+
 # -- Bradley–Terry --------------------------------------------------------------------------------
 def _encode(battles: Sequence[Battle], models: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index arrays of the two sides and model a's score; a model against itself says nothing."""
@@ -318,6 +338,9 @@ def main(argv: list[str]) -> int:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
         print(format_table(rows) if rows else "No votes or scored sessions yet.")
+        note = left_out_note(SessionStore(args.db or None), args.votes)
+        if note and rows:
+            print("\n" + note)
     if args.plot:
         ratings_figure(rows).savefig(args.plot, dpi=120)
     return 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from collab_app.context import AppContext
-from collab_app.leaderboard import COLUMNS, leaderboard, ratings_figure, table_rows
+from collab_app.leaderboard import COLUMNS, leaderboard, left_out_note, ratings_figure, table_rows
+from collab_app.notices import reports_to
 from simulators.tasks import TaskFileError
 
 EXPLANATION = (
@@ -24,15 +25,17 @@ def build_leaderboard_tab(ctx: AppContext, tab: gr.Tab) -> None:
         rollouts = gr.File(label="Held-out rollouts (sweet_rl JSONL, optional)", file_count="multiple",
                            file_types=[".jsonl"], height=120)
         refresh = gr.Button("Refresh", size="sm", scale=0)
+    note = gr.Markdown(elem_id="leaderboard-note")
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="leaderboard-table")
     plot = gr.Plot(label="Ratings", elem_id="leaderboard-plot")
 
+    @reports_to(note)  # unreadable rollouts: said in the note, the table stays as it was
     def update(which, files):
         try:
             rows = leaderboard(ctx.store, votes=which, rollout_files=[str(f) for f in files or []])
         except (TaskFileError, OSError) as exc:
             raise gr.Error(f"Could not read the rollouts: {exc}") from exc
-        return table_rows(rows), ratings_figure(rows)
+        return left_out_note(ctx.store, which), table_rows(rows), ratings_figure(rows)
 
     for event in (tab.select, refresh.click, votes.change, rollouts.change):
-        event(update, [votes, rollouts], [table, plot])
+        event(update, [votes, rollouts], [note, table, plot])

@@ -7,6 +7,7 @@ Gradio, so the UI modules stay thin and the rules are tested without a browser.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,14 @@ from simulators.humans import SimulatedHuman, agent_messages
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
 from simulators.rollout import final_answer, new_episode
 from simulators.store import SessionStore
+
+# Regenerate samples: a greedy model would write the same reply again, and no preference pair could
+# come of it. The rollouts' agent temperature, with a fresh seed each time.
+RESAMPLE_TEMPERATURE = 0.7
+
+
+def fresh_seed() -> int:
+    return random.randrange(2**31)
 
 
 class SessionError(RuntimeError):
@@ -48,6 +57,7 @@ class LiveSession:
     session_id: str = field(init=False)
     render_hashes: dict[int, str] = field(default_factory=dict, init=False)  # turn index -> screenshot
     cancel: threading.Event = field(default_factory=threading.Event, init=False)
+    _replying: threading.Lock = field(default_factory=threading.Lock, init=False)  # one agent turn at a time
 
     def __post_init__(self) -> None:
         self.episode = new_episode(self.task, human=self.human_name, agent_model=self.agent.name)
@@ -75,13 +85,31 @@ class LiveSession:
         self.episode.turns.append(turn)
         self.store.add_turn(self.session_id, turn)
 
-    def agent_replies(self) -> Iterator[AgentTurnView]:
-        """Stream the agent's next turn; the last view has ``done=True`` and the turn is stored."""
+    @property
+    def replying(self) -> bool:
+        return self._replying.locked()
+
+    def agent_replies(self, config: GenerationConfig | None = None) -> Iterator[AgentTurnView]:
+        """Stream the agent's next turn; the last view has ``done=True`` and the turn is stored.
+        ``config`` overrides the session's generation settings (Regenerate samples)."""
         if self.expecting != "agent":
             raise SessionError("it is your turn to write" if self.expecting == "human" else "this session has ended")
+        if not self._replying.acquire(blocking=False):
+            raise SessionError("the agent is already replying")
+        try:
+            yield from self._agent_turn(config or GenerationConfig(max_new_tokens=self.max_new_tokens,
+                                                                   temperature=self.temperature))
+        finally:
+            self._replying.release()
+
+    def resampling_config(self) -> GenerationConfig:
+        """Settings for another reply to the same prompt: sampled, with a new seed."""
+        return GenerationConfig(max_new_tokens=self.max_new_tokens,
+                                temperature=self.temperature or RESAMPLE_TEMPERATURE, seed=fresh_seed())
+
+    def _agent_turn(self, config: GenerationConfig) -> Iterator[AgentTurnView]:
         self.cancel.clear()
         messages = agent_messages(self.episode)
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature)
         start = time.perf_counter()
         text = ""
         for delta in self.agent.stream_chat(messages, config, self.cancel):
@@ -106,6 +134,18 @@ class LiveSession:
     def stop(self) -> None:
         self.cancel.set()
 
+    def end(self) -> None:
+        """The person ends the session now: the agent's latest reply is its final answer, scored at
+        once (a free-form session then takes the person's rating)."""
+        if self.finished:
+            raise SessionError("this session has ended")
+        if self.replying:
+            raise SessionError("wait for the agent's reply (or press Stop) before ending")
+        if not self.episode.agent_turns:
+            raise SessionError("the agent has not replied yet: there is nothing to score")
+        self.episode.answer = final_answer(self.episode)
+        self.score()
+
     def abandon(self) -> None:
         """The person moved on before the agent answered; the turns so far stay stored."""
         self.stop()
@@ -117,32 +157,45 @@ class LiveSession:
             return None
         return self.store.render_path(self.render_hashes[max(self.render_hashes)])
 
-    def undo(self) -> None:
-        """Take back the last exchange: the person's last message and everything after it."""
+    def undo(self) -> str:
+        """Take back the last exchange: the person's last message and everything after it.
+        Returns that message, so the person can change it and send it again."""
+        if self.replying:
+            raise SessionError("wait for the agent's reply (or press Stop) before undoing")
         human_turns = [i for i, t in enumerate(self.episode.turns) if t.role == "human" and i > 0]
         if not human_turns:
             raise SessionError("nothing to undo")
+        text = self.episode.turns[human_turns[-1]].content
         self._truncate(human_turns[-1])
+        return text
 
     def regenerate(self) -> Iterator[AgentTurnView]:
-        """Discard the agent's last turn (kept as a feedback event) and stream a new one."""
+        """Discard the agent's last turn (kept as a feedback event) and stream a new one, sampled
+        with a new seed (the same settings would write the same reply again)."""
         last = self.episode.turns[-1]
         if last.role != "agent":
             raise SessionError("there is no agent reply to regenerate")
+        if self.replying:
+            raise SessionError("the agent is already replying")
         index = len(self.episode.turns) - 1
         self._truncate(index)
-        for view in self.agent_replies():
+        config = self.resampling_config()
+        for view in self.agent_replies(config):
             if view.done:  # recorded before the last view is handed out: a consumer may stop there
                 self.store.add_feedback(self.session_id, "regenerate", turn_idx=index, before=last.content,
-                                        after=view.text)
+                                        after=view.text,
+                                        payload={"temperature": config.temperature, "seed": config.seed})
             yield view
 
     def edit(self, index: int, text: str) -> None:
-        """Change a message in place. Editing the agent's message records the correction as
-        preference data (edited text chosen over the original); later turns are dropped so the
-        dialogue stays consistent."""
+        """Change a message in place; the edit is recorded (before and after) and later turns are
+        dropped so the dialogue stays consistent. Editing the agent's message is preference data
+        (the edited text chosen over the original); after an edit of the person's own message it
+        is the agent's turn again (``agent_replies`` answers the edited message)."""
         if not 0 < index < len(self.episode.turns):
-            raise SessionError("that message cannot be edited")
+            raise SessionError("that message cannot be edited (the task's opening message is fixed)")
+        if self.replying:
+            raise SessionError("wait for the agent's reply (or press Stop) before editing")
         old = self.episode.turns[index]
         self.store.add_feedback(self.session_id, "edit", turn_idx=index, before=old.content, after=text,
                                 payload={"role": old.role})

@@ -6,6 +6,7 @@ import gradio as gr
 
 from collab_app.context import AppContext
 from collab_app.models import version_rows
+from collab_app.notices import notice_box, reports_to
 from collab_app.training_jobs import TrainRequest
 from simulators.registry import ModelRegistry, RegistryError
 from training.stats import MIN_TASKS, PairedDifference
@@ -59,7 +60,10 @@ def status_markdown(status: dict | None) -> str:
     if not status:
         return "No training run yet."
     done = ", ".join(status["stages_done"]) or "none"
-    text = f"**{status['run']}** · {status['state']} · stage: `{status['stage']}` · done: {done}"
+    text = (f"**{status['run']}** ({status.get('algorithm', 'sweet')}) · {status['state']} · "
+            f"stage: `{status['stage']}` · done: {done}")
+    if status.get("error"):  # the reason, not only in the collapsed run log
+        text += f"\n\n⚠ **The run failed:** `{status['error']}` (the run log below has the rest)"
     if status["last_log"]:
         row = status["last_log"][-1]
         text += "\n\nlatest: " + " · ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "time")
@@ -103,6 +107,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         start_btn = gr.Button("Start training", variant="primary", elem_id="train-start")
         cancel_btn = gr.Button("Cancel", elem_id="train-cancel")
         resume_btn = gr.Button("Resume interrupted run")
+    notice = notice_box("train-notice")
     status = gr.Markdown(elem_id="train-status")
     evaluation = gr.Markdown(elem_id="train-evaluation")
     with gr.Row():
@@ -128,10 +133,19 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
                          decision["verdict"] if decision else "–"])
         choices = ["base"] + [r[0] for r in rows]
         return (status_markdown(state), evaluation_markdown(state), [str(p) for p in job.curves()] if job else [],
-                job.process_log_tail() if job else "", rows, gr.update(choices=choices))
+                job.process_log_tail() if job else "", rows, gr.update(choices=choices),
+                gr.update(interactive=promotable(state)))
 
-    outputs = [status, evaluation, curves, log, versions, rollback_to]
+    def promotable(state: dict | None) -> bool:
+        """A finished run's version that does not serve yet."""
+        version = ((state or {}).get("version") or {}).get("version")
+        current = registry.current()
+        return bool(version) and (current is None or current.id != version)
 
+    outputs = [status, evaluation, curves, log, versions, rollback_to, promote_btn]
+    reported = reports_to(notice)  # a refusal says why beside the buttons, as Gradio's error badge would not
+
+    @reported
     def start(kind_v, mode_v, since_v, min_v, algo, n, epochs, limit, tokens, auto, margin_v, every,
               actor_pairs_v, critic_pairs_v, eval_rounds_v, eval_samples_v):
         request = TrainRequest(algorithm=algo, kind="" if kind_v == ANY else kind_v,
@@ -146,20 +160,21 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
             ctx.training.start(request)
         except ValueError as exc:
             raise gr.Error(str(exc)) from exc
-        gr.Info("Training started in a separate process.")
-        return refresh()
+        return *refresh(), "Training started in a separate process."
 
     def cancel():
         ctx.training.cancel()
-        return refresh()
+        return *refresh(), ""
 
+    @reported
     def resume():
         try:
             ctx.training.resume()
         except ValueError as exc:
             raise gr.Error(str(exc)) from exc
-        return refresh()
+        return *refresh(), ""
 
+    @reported
     def promote():
         job = ctx.training.job
         finished = (job.status().get("version") or {}) if job else {}
@@ -171,8 +186,9 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         if decision and not decision["promote"]:  # a person may overrule the gate, but knowingly
             gr.Warning(f"{version} promoted by hand against the gate's verdict: {decision['reason']}")
         gr.Info(f"{version} now serves new sessions.")
-        return refresh()
+        return *refresh(), ""
 
+    @reported
     def rollback(target):
         if not target:
             raise gr.Error("Choose a version (or 'base') to roll back to.")
@@ -181,16 +197,17 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         except RegistryError as exc:
             raise gr.Error(str(exc)) from exc
         gr.Info(f"Serving {target} for new sessions.")
-        return refresh()
+        return *refresh(), ""
 
     settings = [kind, mode, since, minimum, algorithm, best_of_n, critic_epochs, eval_limit, max_new_tokens,
                 auto_promote, margin, continuous, actor_pairs, critic_pairs, eval_rounds, eval_samples]
     # Named API endpoints: scripts (and the tests) drive training from gradio_client as the tab does.
-    start_btn.click(start, settings, outputs, api_name="train_start")
-    cancel_btn.click(cancel, None, outputs, api_name="train_cancel")
-    resume_btn.click(resume, None, outputs, api_name="train_resume")
-    promote_btn.click(promote, None, outputs, api_name="train_promote")
-    rollback_btn.click(rollback, rollback_to, outputs, api_name="train_rollback")
+    # The timer's refresh leaves the notice alone; the buttons' results set it.
+    start_btn.click(start, settings, [*outputs, notice], api_name="train_start")
+    cancel_btn.click(cancel, None, [*outputs, notice], api_name="train_cancel")
+    resume_btn.click(resume, None, [*outputs, notice], api_name="train_resume")
+    promote_btn.click(promote, None, [*outputs, notice], api_name="train_promote")
+    rollback_btn.click(rollback, rollback_to, [*outputs, notice], api_name="train_rollback")
     continuous.change(lambda every: ctx.training.set_continuous(int(every or 0)), continuous, None,
                       api_visibility="private")
     tab.select(refresh, None, outputs, api_name="train_status")

@@ -23,10 +23,14 @@ from pathlib import Path
 from simulators.paths import collab_home
 from simulators.store import SessionStore
 from simulators.tasks import write_episodes
-from training.data import store_preference_rows
+from training.data import best_trajectories, store_preference_rows, trajectory_pairs
 
 ALGORITHMS = ("sweet", "mtdpo", "rft")
-STAGES = ("critic", "actor", "eval_parent.jsonl", "eval_new.jsonl", "version.json")
+EVALUATION_STAGES = ("eval_parent.jsonl", "eval_new.jsonl", "version.json")
+STAGES = {"sweet": ("critic", "actor", *EVALUATION_STAGES), "mtdpo": ("actor", *EVALUATION_STAGES),
+          "rft": ("actor", *EVALUATION_STAGES)}  # what each algorithm's run writes, in order
+# The file that says a stage finished (its folder exists from the stage's start, also when it fails).
+STAGE_DONE = {"critic": "critic/critic.json", "actor": "actor/summary.json"}
 
 
 @dataclass
@@ -80,13 +84,17 @@ class TrainingJob:
         if len(episodes) < request.min_sessions:
             raise ValueError(f"only {len(episodes)} scored session(s) match; at least {request.min_sessions} "
                              "are needed (collaborate on more tasks or lower the minimum)")
+        preference_rows = store_preference_rows(store)
+        missing = missing_data(request, episodes, preference_rows)
+        if missing:
+            raise ValueError(missing)
         out = runs_dir() / time.strftime("run-%Y%m%d-%H%M%S")
         out.mkdir(parents=True, exist_ok=False)
         snapshot = out / "data.jsonl"
         write_episodes(episodes, snapshot)
         preferences = out / "preferences.jsonl"  # people's turn-level pairs, kept with the run too
         with open(preferences, "w", encoding="utf-8") as fh:
-            for row in store_preference_rows(store):
+            for row in preference_rows:
                 fh.write(json.dumps(row) + "\n")
         (out / "request.json").write_text(json.dumps(request.__dict__, indent=2))
         command = [sys.executable, "-m", "training", "loop", "--data", str(snapshot), "--preferences", str(preferences),
@@ -144,16 +152,30 @@ class TrainingJob:
             (self.out / "cancelled").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
 
     # -- what the files say ---------------------------------------------------------------------
+    @property
+    def algorithm(self) -> str:
+        return (_read_json(self.out / "request.json") or {}).get("algorithm", "sweet")
+
     def status(self) -> dict:
         version = _read_json(self.out / "version.json")
         exit_code = (self.out / "exit_code").read_text().strip() if (self.out / "exit_code").exists() else None
         state = ("running" if self.running else "finished" if version else "cancelled"
                  if (self.out / "cancelled").exists() else "failed" if exit_code not in (None, "0")
                  else "interrupted")
-        done = [s for s in STAGES if (self.out / s).exists()]
-        stage = next((s for s in STAGES if not (self.out / s).exists()), "done")
-        return {"run": self.out.name, "state": state, "stage": stage, "stages_done": done,
-                "last_log": self.last_log_rows(), "version": version, "exit_code": exit_code}
+        stages = STAGES.get(self.algorithm, STAGES["sweet"])
+        done = [s for s in stages if self.stage_done(s)]
+        stage = next((s for s in stages if not self.stage_done(s)), "done")
+        return {"run": self.out.name, "algorithm": self.algorithm, "state": state, "stage": stage,
+                "stages_done": done, "last_log": self.last_log_rows(), "version": version, "exit_code": exit_code,
+                "error": self.failure(exit_code) if state == "failed" else None}
+
+    def stage_done(self, stage: str) -> bool:
+        return (self.out / STAGE_DONE.get(stage, stage)).exists()
+
+    def failure(self, exit_code: str | None) -> str:
+        """Why the run failed: the last line of its output (an exception's type and message)."""
+        lines = [line.strip() for line in self.process_log_tail().splitlines() if line.strip()]
+        return lines[-1] if lines else f"the training process exited with code {exit_code}"
 
     def last_log_rows(self, count: int = 5) -> list[dict]:
         logs = sorted(self.out.glob("*/log.jsonl"), key=lambda p: p.stat().st_mtime)
@@ -174,6 +196,28 @@ class TrainingJob:
     def process_log_tail(self, chars: int = 4000) -> str:
         path = self.out / "process.log"
         return path.read_text(encoding="utf-8", errors="replace")[-chars:] if path.exists() else ""
+
+
+def missing_data(request: TrainRequest, episodes: list, preference_rows: list[dict]) -> str | None:
+    """What the chosen algorithm would find missing in these sessions, said before a run starts
+    (the run would fail on it minutes later), or None when there is enough to train on."""
+    tasks = len({e.task.id for e in episodes})
+    have = f"the {len(episodes)} scored session(s) cover {tasks} task(s)"
+    if request.algorithm == "rft":
+        if best_trajectories(episodes):
+            return None
+        return (f"Rejection fine-tuning needs a successful session (reward 1) to imitate, and {have} with none. "
+                "Collaborate until the agent's answer passes the tests.")
+    if trajectory_pairs(episodes):
+        return None
+    if request.algorithm == "sweet" and request.critic_human_pairs and preference_rows:
+        return None  # the critic learns from people's turn-level pairs instead
+    name = "SWEET-RL" if request.algorithm == "sweet" else "Multi-turn DPO"
+    hint = (" or tick “supervise the critic” to use people's edits, liked regenerations and votes"
+            if request.algorithm == "sweet" and preference_rows else "")
+    return (f"{name} learns from pairs of sessions on the same task with different rewards (one that succeeded, "
+            f"one that did not), and {have} without such a pair. Play a task again until one session succeeds and "
+            f"one fails, or use rejection fine-tuning (it needs one success){hint}.")
 
 
 def _read_json(path: Path) -> dict | None:

@@ -61,6 +61,7 @@ def test_regenerate_and_like_are_recorded_and_become_a_training_pair(home):
                      "--db", str(db)) as app, browser_page() as page:
         start_task(page, app.url, "Sum the even numbers")
         wait_for_text(page, "#collab-chat", QUESTION)
+        wait_for_text(page, "#collab-score", "Round 1/10")  # the turn's last view: the agent is done
         page.locator("#collab-regenerate").click()  # the script's next reply is the answer
         wait_for_text(page, "#collab-score", "of tests passed")
         page.locator("#collab-chat .message-wrap button[aria-label='Like']").last.click()
@@ -100,7 +101,8 @@ def test_a_killed_app_loses_no_shown_turn(home, tiny_model_dir):
 
 def test_frontend_session_shows_rendered_pages_and_a_design_score(tmp_path):
     """A design session: the reference page beside the chat, each agent page rendered in the chat,
-    the final page scored (design metrics; CLIP says it is unavailable without weights)."""
+    the final page scored (design metrics; CLIP says in one line that it is unavailable without
+    weights and how to add them). The new home has no Tailwind files: the start and the page say so."""
     task = next(t for t in load_sample_tasks("frontend") if t.id == "sample-frontend-01")
     draft = ('Here is a first draft.\n<html><body class="bg-yellow-50"><h1 class="text-3xl p-8">Bakery</h1>'
              '</body></html>\nWhat should change?')
@@ -111,12 +113,17 @@ def test_frontend_session_shows_rendered_pages_and_a_design_score(tmp_path):
         start_task(page, app.url, "Neighbourhood Bakery")
         page.locator("#collab-chat .message.bot img").first.wait_for(timeout=60_000)  # the draft, rendered
         page.locator("#reference-page img").wait_for(timeout=30_000)  # the reference beside the chat
+        setup = page.locator("#frontend-setup").inner_text()  # and why it looks unstyled
+        assert "Tailwind file(s)" in setup and "scripts/fetch_web_assets.sh" in setup
+        assert "collab-rl: Tailwind file(s)" in app.log.read_text()  # said at start too
         page.locator("#draft-page img").wait_for(timeout=30_000)  # and the agent's latest page
         page.locator("#collab-input textarea").fill("Add the header with the logo and the navigation.")
         page.locator("#collab-send").click()
         wait_for_text(page, "#collab-score", "design:", timeout=90_000)
         score = page.locator("#collab-score").inner_text()
         assert "CLIP: not available" in score and "design: 1.000" in score  # the reference itself: a perfect match
+        clip_line = next(line for line in score.splitlines() if "CLIP" in line)
+        assert "COLLAB_CLIP_WEIGHTS" in clip_line and len(clip_line) < 200
         shown = page.evaluate("[...document.querySelectorAll('#collab-chat .message.bot img')].map(i => i.src)")
         assert len(set(shown)) == 2  # both of the agent's pages, rendered in the chat
     (session,) = SessionStore(db).list_sessions()

@@ -77,3 +77,38 @@ def test_a_blind_comparison_in_the_browser_stores_votes_and_exports_pairs(tmp_pa
     expected = [{"prompt": v["prompt"], "chosen": v[v["winner"]], "rejected": v["b" if v["winner"] == "a" else "a"]}
                 for v in votes[:2] if v["a"] != v["b"]]
     assert pairs == expected and pairs
+
+
+def test_the_same_model_twice_is_sampled_and_the_leaderboard_says_why_it_leaves_the_votes_out(tmp_path,
+                                                                                             tiny_model_dir):
+    """``current`` (serving the base) against the base's own spec: allowed, said, and sampled so
+    the two replies differ; the Leaderboard then says why it rates none of these votes."""
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text(json.dumps(TASK) + "\n")
+    db = tmp_path / "collab.sqlite"
+    with running_app(tmp_path, "--model", "current", "--base", str(tiny_model_dir), "--tasks", str(tasks),
+                     "--db", str(db), "--max-new-tokens", "16") as app, browser_page() as page:
+        page.goto(app.url, wait_until="load")
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-task input").click()
+        page.locator("#compare-task input").fill("Sum the even")
+        page.get_by_role("option").filter(has_text="Sum the even").first.click()
+        page.locator("#compare-model-2 input").fill(str(tiny_model_dir))  # model 1 is `current`
+        page.locator("#compare-start").click()
+        page.locator("#compare-notice").filter(has_text="Both specs serve the same model").wait_for(timeout=60_000)
+        wait_for_vote(page)
+        replies = [page.locator(f"#compare-chat-{p} .message.bot").last.inner_text() for p in "ab"]
+        assert replies[0] != replies[1]  # greedy decoding would write the same reply twice
+        page.locator("#compare-vote-a").click()
+        page.wait_for_selector("#compare-end:not([disabled])", timeout=30_000)
+        page.locator("#compare-end").click()
+        page.locator("#compare-status").filter(has_text="Overall").wait_for(timeout=30_000)
+        page.locator("#compare-vote-b").click()
+        page.locator("#compare-result").filter(has_text="Model A was").wait_for(timeout=60_000)
+
+        page.get_by_role("tab", name="Leaderboard").click()
+        note = page.locator("#leaderboard-note")
+        note.filter(has_text="1 vote(s) left out: they compare a model with itself").wait_for(timeout=30_000)
+        assert str(tiny_model_dir) in note.inner_text() and "1 round vote(s) are not counted" in note.inner_text()
+    votes = [e["payload"] for e in SessionStore(db).feedback() if e["kind"] == "vote"]
+    assert [v["model_a"] == v["model_b"] == str(tiny_model_dir) for v in votes] == [True, True]

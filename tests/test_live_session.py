@@ -3,7 +3,7 @@
 import pytest
 
 from collab_app.catalog import TaskCatalog, free_form_task
-from collab_app.session import LiveSession, SessionError
+from collab_app.session import RESAMPLE_TEMPERATURE, LiveSession, SessionError
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Task
 from simulators.llm import load_model
 from simulators.llm.scripted import ScriptedModel
@@ -114,3 +114,27 @@ def test_catalog_offers_samples_and_validates_uploads(tmp_path):
     added, errors = catalog.add_upload(str(upload))
     assert added == 1 and errors[0].startswith("mine.jsonl:2: invalid JSON")
     assert catalog.random("frontend").kind == "frontend"
+
+
+def test_the_person_ends_a_session_at_any_round_and_the_latest_reply_is_scored(store):
+    code = "def sum_even(xs):\n    return sum(x for x in xs if x % 2 == 0)"
+    session = LiveSession(TASK, store, ScriptedModel([f"Like this?\n```python\n{code}\n```"]))
+    with pytest.raises(SessionError, match="not replied yet"):
+        session.end()
+    play_agent(session)
+    session.end()  # round 1 of 10, no answer marker
+    assert session.finished and session.episode.reward == 1.0
+    (row,) = store.list_sessions()
+    assert (row.status, row.reward) == ("scored", 1.0)
+    with pytest.raises(SessionError, match="ended"):
+        session.end()
+
+
+def test_regenerate_samples_with_a_new_seed_and_records_them(agent, store):
+    session = LiveSession(TASK, store, agent, max_new_tokens=8)  # greedy otherwise
+    play_agent(session)
+    list(session.regenerate())
+    list(session.regenerate())
+    seeds = [e["payload"]["seed"] for e in store.feedback(session.session_id)]
+    temperatures = {e["payload"]["temperature"] for e in store.feedback(session.session_id)}
+    assert len(set(seeds)) == 2 and temperatures == {RESAMPLE_TEMPERATURE}

@@ -167,3 +167,47 @@ def test_train_promote_hot_swap_kill_resume_and_rollback(tmp_path, tiny_model_di
         assert registry.current() is None
         after = play_one_turn(old_page.context.browser.new_page(), app.url, "Negate a number", db)
         assert agent_turn_versions(db, after) == [base]
+
+
+def test_train_tab_says_what_data_is_missing_and_why_a_run_failed(tmp_path, tiny_model_dir):
+    """A new home: Promote is off with nothing to promote; sessions without a success/failure pair on
+    one task are refused before a run starts, saying what is missing; a run that fails says why in
+    the status line, under its own algorithm's stages."""
+    from transformers import AutoTokenizer
+
+    home, db = tmp_path, tmp_path / "collab.sqlite"
+    write_tasks(TASKS, home / "tasks.jsonl")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    store = SessionStore(db)
+    for task in TASKS[:2]:  # two failures per task: no pair of different rewards anywhere
+        for _ in range(2):
+            store.add_episode(scripted_episode(task, ["I WANT TO ANSWER: def f(x): return 0"], [], tokenizer,
+                                               reward=0.0, scores={"success": False}, system_prompt=SYSTEM),
+                              mode="human")
+    missing_base = str(tmp_path / "no-such-model")  # the run fails loading it (the app only warns)
+    with running_app(home, "--model", str(tiny_model_dir), "--base", missing_base, "--simulator", str(tiny_model_dir),
+                     "--tasks", str(home / "tasks.jsonl"), "--db", str(db)) as app, browser_page() as page:
+        page.goto(app.url, wait_until="load")
+        page.get_by_role("tab", name="Train").click()
+        page.locator("#train-status").filter(has_text="No training run yet").wait_for()
+        assert page.locator("#train-promote").is_disabled()  # nothing to promote
+
+        page.locator("#train-start").click()
+        page.locator("#train-notice").filter(has_text="pairs of sessions on the same task").wait_for()
+        assert "4 scored session(s) cover 2 task(s)" in page.locator("#train-notice").inner_text()
+        page.locator("#train-algorithm").get_by_text("Rejection fine-tuning").click()
+        page.locator("#train-start").click()
+        page.locator("#train-notice").filter(has_text="needs a successful session").wait_for()
+        assert not (home / "runs").exists() or not list((home / "runs").glob("run-*"))
+
+        good = scripted_episode(TASKS[0], [f"I WANT TO ANSWER: {TASKS[0].ground_truth}"], [], tokenizer,
+                                reward=1.0, scores={"success": True}, system_prompt=SYSTEM)
+        store.add_episode(good, mode="human")
+        page.locator("#train-start").click()  # rejection fine-tuning has its success now: the run starts
+        page.locator("#train-notice").filter(has_text="Training started").wait_for()
+        failed = page.locator("#train-status").filter(has_text="failed")
+        failed.filter(has_text="The run failed:").wait_for(timeout=180_000)
+        status_line = page.locator("#train-status").inner_text()
+        assert "(rft)" in status_line and "stage: actor" in status_line and "critic" not in status_line
+        assert "no-such-model" in status_line  # the reason, from the run's own output
+        assert page.locator("#train-promote").is_disabled()
