@@ -61,7 +61,15 @@ from simulators.colbench_scoring import (
     reference_equal,
 )
 from simulators.domain import ANSWER_MARKER, Episode, Task
-from simulators.sandbox import ERROR_CHARS, Isolation, Sandbox, SandboxLimits, SandboxRun, decode_value
+from simulators.sandbox import (
+    ERROR_CHARS,
+    Isolation,
+    Sandbox,
+    SandboxLimits,
+    SandboxRun,
+    ValueTooLarge,
+    decode_value,
+)
 from simulators.scoring import TaskCheck, check_scoring
 
 PER_TEST_TIMEOUT_S = 1.0  # ColBench calls take milliseconds; a second is generous even on a busy box
@@ -642,6 +650,8 @@ def _observed(message: dict[str, Any]) -> _Observed:
         return _Observed(error="the sandbox sent a result without a value")
     try:
         value = decode_value(message["value"])
+    except ValueTooLarge as exc:  # built to make the evaluator slow, or just too big to compare
+        return _Observed(error=f"the returned value was refused: {exc}")
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RecursionError):
         return _Observed(error="the sandbox sent a malformed value")
     return _Observed(value=value, repr=_text(message.get("repr")), self_equal=message.get("self_equal") is not False)

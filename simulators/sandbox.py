@@ -42,7 +42,9 @@ so an ordinary user gets the same layers as root:
   repository, task files and datasets are not visible at all. The only writable place is a
   size-capped tmpfs on ``/tmp`` (another path when the Python installation lives under
   ``/tmp``), the job's working directory, emptied after every job. Fallback: a fresh host temp
-  directory as scratch (deleted after the job) and an audit hook refusing writes outside it.
+  directory as scratch (deleted after the job, or by the evaluator when the server was killed;
+  only RLIMIT_FSIZE caps what it holds) and an audit hook refusing writes outside it (paths
+  resolved against a ``dir_fd`` where the call has one) and directory fds on anything else.
 * processes -- every job is pid 1 of its own PID namespace: when it exits or is killed, the
   kernel kills everything it spawned, even processes that called ``setsid`` to escape a process
   group. As in a container started without an init, the job's ``getppid()`` is 0 (its parent is
@@ -89,7 +91,8 @@ Jobs run one of the *targets* defined here, called as ``target(payload, emit)`` 
 * ``exec_source`` -- run a source string that may call ``report(obj)``.
 
 Everything a job sends is untrusted: :class:`SandboxRun` carries the messages in arrival order
-and callers must validate them.
+and callers must validate them; ``decode_value`` rebuilds a value within the bounds
+``encode_value`` enforces, so a value built to be slow to rebuild or compare is refused.
 """
 
 from __future__ import annotations
@@ -138,6 +141,8 @@ PARENT_POLL_S = 0.5  # how often an idle server checks that the evaluator still 
 DRAIN_INTERVAL_S = 0.05  # how often a server empties a running job's pipes
 ENCODE_BUDGET = 100_000  # per returned value: one unit per element, one per 32 chars of text
 MAX_ENCODE_DEPTH = 100
+MAX_INT_BITS = 1 << 20  # larger ints are refused (in and out of the job): arithmetic on them is slow
+MAX_EQUAL_HASHES = 8  # per set or dict the evaluator rebuilds (see _check_hashes)
 REPR_CHARS = 300
 ERROR_CHARS = 300
 
@@ -167,6 +172,7 @@ _VISIBLE_DEVICES = ("null", "zero", "full", "random", "urandom")
 # The job's scratch and working directory inside the chroot: the first that holds no Python
 # directory (a venv under /tmp would otherwise be covered by the scratch tmpfs).
 _SCRATCH_CANDIDATES = ("/tmp", "/var/tmp", "/scratch")
+_SCRATCH_PREFIX = f"{_SERVER_ENV['TMPDIR']}/collab-sandbox-job-"  # host scratch (audit mode), + server tag
 _RESULT_PIPE_BYTES = 1 << 20  # room for a whole job's messages: it never waits on the server
 _EXIT_SETUP_FAILED = 121  # a job could not be set up; its stderr says why
 
@@ -312,7 +318,13 @@ def _encode(value: Any, budget: list[int], depth: int) -> Any:
     if value is None or kind in (bool, str, float):
         return value
     if kind is int:  # beyond ~4300 digits int->str is refused: ship those as hex
-        return value if value.bit_length() < 10_000 else {"int": format(value, "x")}
+        bits = value.bit_length()
+        if bits < 10_000:
+            return value
+        budget[0] -= bits // 128  # as decode_value counts its hex text
+        if bits > MAX_INT_BITS or budget[0] < 0:
+            raise _Unencodable("value is too large to compare")
+        return {"int": format(value, "x")}
     deeper = depth + 1
     if kind is list:
         return [_encode(item, budget, deeper) for item in value]
@@ -327,7 +339,11 @@ def _encode(value: Any, budget: list[int], depth: int) -> Any:
     if kind is complex:
         return {"complex": [value.real, value.imag]}
     if kind is Decimal:
-        return {"decimal": str(value)}
+        text = str(value)
+        budget[0] -= len(text) // 32
+        if budget[0] < 0:
+            raise _Unencodable("value is too large to compare")
+        return {"decimal": text}
     if kind is Fraction:
         return {
             "fraction": [_encode(value.numerator, budget, deeper), _encode(value.denominator, budget, deeper)]
@@ -341,7 +357,11 @@ def _encode(value: Any, budget: list[int], depth: int) -> Any:
             return _encode(_as_base(base, value), budget, depth)
     if getattr(kind, "__module__", "").partition(".")[0] == "numpy" and hasattr(value, "tolist"):
         return _encode(value.tolist(), budget, deeper)
-    return {"object": [f"{kind.__module__}.{kind.__qualname__}", short_repr(value)]}
+    name, text = f"{kind.__module__}.{kind.__qualname__}", short_repr(value)
+    budget[0] -= (len(name) + len(text)) // 32  # as decode_value counts them
+    if budget[0] < 0:
+        raise _Unencodable("value is too large to compare")
+    return {"object": [name, text]}
 
 
 def _as_base(base: type, value: Any) -> Any:
@@ -375,48 +395,112 @@ class Opaque:
     repr: str
 
 
+class ValueTooLarge(ValueError):
+    """A job's value exceeds what the evaluator rebuilds (size, depth, int size, hash collisions)."""
+
+
 def decode_value(data: Any) -> Any:
     """Rebuild plain Python values from ``encode_value`` data; NaN becomes ``NAN``.
 
     Only builtin and stdlib value types are constructed, so comparing the result with ``==``
-    runs no code from the job. Raises ``ValueError``/``TypeError``/``ArithmeticError`` (or
-    ``RecursionError``) on data no honest job would send.
+    runs no code from the job. The data is the job's, so it may be built to make rebuilding or
+    comparing it slow; what ``encode_value`` would refuse (``ENCODE_BUDGET``, ``MAX_ENCODE_DEPTH``,
+    ``MAX_INT_BITS``) and sets or dicts with more than ``MAX_EQUAL_HASHES`` keys of one hash
+    (quadratic to build) raise :class:`ValueTooLarge`, so decoding and comparing stay linear.
+    Raises ``ValueError``/``TypeError``/``ArithmeticError`` on data no honest job would send.
     """
+    return _decode(data, [ENCODE_BUDGET], 0)
+
+
+def _decode(data: Any, budget: list[int], depth: int) -> Any:
+    if depth > MAX_ENCODE_DEPTH:
+        raise ValueTooLarge("value is nested too deeply to compare")
     kind = type(data)
+    budget[0] -= 1 + (len(data) // 32 if kind is str else 0)
+    if budget[0] < 0:
+        raise ValueTooLarge("value is too large to compare")
     if data is None or kind in (bool, int, str):
         return data
     if kind is float:
         return NAN if math.isnan(data) else data
+    deeper = depth + 1
     if kind is list:
-        return [decode_value(item) for item in data]
+        return [_decode(item, budget, deeper) for item in data]
     if kind is not dict or len(data) != 1:
         raise ValueError("malformed value")
     ((tag, body),) = data.items()
-    if tag == "tuple":
-        return tuple(decode_value(item) for item in body)
-    if tag == "dict":
-        return {decode_value(k): decode_value(v) for k, v in body}
-    if tag == "set":
-        return {decode_value(item) for item in body}
-    if tag == "frozenset":
-        return frozenset(decode_value(item) for item in body)
+    if tag in ("tuple", "set", "frozenset", "dict"):
+        if type(body) is not list:
+            raise ValueError("malformed value")
+        if tag == "dict":
+            pairs = [_pair(item) for item in body]
+            keys = [_decode(k, budget, deeper) for k, _ in pairs]
+            _check_hashes(keys)
+            return dict(zip(keys, [_decode(v, budget, deeper) for _, v in pairs]))
+        items = [_decode(item, budget, deeper) for item in body]
+        if tag == "tuple":
+            return tuple(items)
+        _check_hashes(items)
+        return set(items) if tag == "set" else frozenset(items)
+    if tag in ("int", "bytes", "decimal") and type(body) is str:  # charged as encode_value does
+        budget[0] -= len(body) // (64 if tag == "bytes" else 32)
+        if budget[0] < 0:
+            raise ValueTooLarge("value is too large to compare")
     if tag == "int":
+        if len(body) > MAX_INT_BITS // 4 + 1:  # (+1: the sign)
+            raise ValueTooLarge(f"an int of more than {MAX_INT_BITS} bits is too large to compare")
         return int(body, 16)
     if tag == "bytes":
         return bytes.fromhex(body)
     if tag == "complex":
-        return complex(float(body[0]), float(body[1]))
+        return complex(_number(body[0]), _number(body[1]))
     if tag == "decimal":
         return Decimal(body)
     if tag == "fraction":
-        return Fraction(decode_value(body[0]), decode_value(body[1]))
+        numerator, denominator = (_decode(part, budget, deeper) for part in body)
+        if type(numerator) is not int or type(denominator) is not int or denominator <= 0:
+            raise ValueError("malformed fraction")
+        # Not Fraction(n, d): its gcd is quadratic in the ints' size. An honest job sends them in
+        # lowest terms (a Fraction's own); others only fail their own comparisons.
+        fraction = object.__new__(Fraction)
+        fraction._numerator, fraction._denominator = numerator, denominator
+        return fraction
     if tag in ("datetime", "date", "time"):
         return getattr(datetime, tag).fromisoformat(body)
     if tag == "timedelta":
         return datetime.timedelta(days=body[0], seconds=body[1], microseconds=body[2])
     if tag == "object":
-        return Opaque(str(body[0]), str(body[1]))
+        type_name, text = body
+        if type(type_name) is not str or type(text) is not str:
+            raise ValueError("malformed object")
+        budget[0] -= (len(type_name) + len(text)) // 32
+        if budget[0] < 0:
+            raise ValueTooLarge("value is too large to compare")
+        return Opaque(type_name, text)
     raise ValueError(f"unknown value tag {tag!r}")
+
+
+def _pair(item: Any) -> tuple[Any, Any]:
+    if type(item) is not list or len(item) != 2:
+        raise ValueError("malformed dict item")
+    return item[0], item[1]
+
+
+def _number(data: Any) -> float:
+    if type(data) not in (int, float):
+        raise ValueError("malformed number")
+    return float(data)
+
+
+def _check_hashes(keys: list[Any]) -> None:
+    """Refuse keys many of which share one hash: a set or dict of them takes quadratic time to
+    build and to compare (each insertion probes every earlier key of that hash)."""
+    counts: dict[int, int] = {}
+    for key in keys:  # hashes are ints below 2**61: as keys here they do not collide themselves
+        code = hash(key)
+        counts[code] = counts.get(code, 0) + 1
+        if counts[code] > MAX_EQUAL_HASHES:
+            raise ValueTooLarge(f"more than {MAX_EQUAL_HASHES} keys of a set or dict share one hash")
 
 
 def short_repr(value: Any) -> str:
@@ -780,6 +864,8 @@ class Sandbox:
         server = self._slots.get()
         try:
             if server is None or not server.alive:
+                if server is not None:
+                    server.stop()  # (reaps it and removes what it left behind)
                 server = None
                 server = self._start_server()
             yield server
@@ -842,7 +928,10 @@ class _ServerProcess:
         import site  # (evaluator-side only: see the module docstring)
         import subprocess
 
-        config = {**config, "site_packages": site.getsitepackages()}
+        # Names this server's host scratch directories (audit mode), so that they can be removed
+        # here when the server dies before it could remove them itself (SIGKILL, OOM killer).
+        self._scratch_glob = f"{_SCRATCH_PREFIX}{os.urandom(6).hex()}-"
+        config = {**config, "site_packages": site.getsitepackages(), "scratch_prefix": self._scratch_glob}
         try:
             self._proc: subprocess.Popen[bytes] = subprocess.Popen(
                 [sys.executable, "-S", "-c", _BOOTSTRAP, _THIS_FILE, json.dumps(config)],
@@ -931,6 +1020,10 @@ class _ServerProcess:
             self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+        import glob
+
+        for scratch in glob.glob(glob.escape(self._scratch_glob) + "*"):  # a killed server's leftovers
+            _remove_tree(scratch)
 
 
 def _select_read(fd: int, timeout: float) -> bool:
@@ -948,7 +1041,9 @@ def serve() -> None:
     config = json.loads(sys.argv[1])
     sys.path.extend(config["site_packages"])
     try:
-        server = _Server(SandboxLimits(**config["limits"]), config["mode"], config["site_packages"])
+        server = _Server(
+            SandboxLimits(**config["limits"]), config["mode"], config["site_packages"], config["scratch_prefix"]
+        )
     except Exception as exc:  # report why instead of dying silently
         _write_all(1, json.dumps({"fatal": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         return
@@ -1016,8 +1111,9 @@ class _Libc:
 class _Server:
     """Sets up the isolation once, then forks one job per request."""
 
-    def __init__(self, limits: SandboxLimits, mode: str, site_packages: list[str]) -> None:
+    def __init__(self, limits: SandboxLimits, mode: str, site_packages: list[str], scratch_prefix: str) -> None:
         self.limits = limits
+        self.scratch_prefix = scratch_prefix  # host scratch directories (audit mode) start with it
         self.libc = _Libc()
         evaluator_uid = os.geteuid()  # (inside a user namespace we become its uid 0)
         self._pidns_fd: int | None = None
@@ -1340,9 +1436,7 @@ class _Server:
 
     def _make_scratch(self) -> str:
         while True:  # mkdir never follows a planted symlink; a taken name is just retried
-            scratch = os.path.join(
-                os.environ.get("TMPDIR", "/tmp"), f"collab-sandbox-job-{os.urandom(6).hex()}"
-            )
+            scratch = f"{self.scratch_prefix}{os.urandom(6).hex()}"
             with contextlib.suppress(FileExistsError):
                 os.mkdir(scratch, 0o700)
                 break
@@ -1648,12 +1742,56 @@ class _AuditGuard:
                 raise PermissionError(
                     f"sandbox: reading outside the Python installation and the scratch directory is not allowed: {path!r}"
                 )
+            if not writing and not _within(path, self._writable) and _is_directory(path):
+                # A directory fd outside scratch would let os.open(..., dir_fd=fd) -- whose audit
+                # event carries no dir_fd -- create files there.
+                raise PermissionError(f"sandbox: opening a directory outside the scratch is not allowed: {path!r}")
         elif event in self._PATH_EVENTS:
-            for path in args[:2]:
-                if isinstance(path, (str, bytes, os.PathLike)) and not _within(path, self._writable):
+            for path in _paths_of(event, args):
+                if not _within(path, self._writable):
                     raise PermissionError(
                         f"sandbox: changing files outside the scratch directory is not allowed: {path!r}"
                     )
+
+
+# Where each path argument of an audited call is resolved from: {event: ((path index, dir_fd index), ...)}.
+_DIR_FD_ARGUMENTS = {
+    "os.remove": ((0, 1),),
+    "os.rmdir": ((0, 1),),
+    "os.mkdir": ((0, 2),),
+    "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),),
+    "os.utime": ((0, 3),),
+    "os.rename": ((0, 2), (1, 3)),
+    "os.link": ((0, 2), (1, 3)),
+    "os.symlink": ((1, 2),),
+    "shutil.rmtree": ((0, 1),),
+}
+
+
+def _paths_of(event: str, args: tuple[Any, ...]) -> list[Any]:
+    """The paths an audited call acts on, each resolved as the kernel will: relative to its
+    ``dir_fd`` when it has one (a hard link made through a directory fd would otherwise be checked
+    against the working directory), a symlink's target relative to the link's directory."""
+    positions = _DIR_FD_ARGUMENTS.get(event, ((0, None), (1, None)))
+    paths: list[Any] = []
+    for index, fd_index in positions:
+        path = args[index] if index < len(args) else None
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            continue
+        path = os.fsdecode(path)
+        fd = args[fd_index] if fd_index is not None and fd_index < len(args) else None
+        if isinstance(fd, int) and fd >= 0 and not os.path.isabs(path):  # (-1: no dir_fd)
+            path = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), path)
+        paths.append(path)
+    if event == "os.symlink" and isinstance(args[0], (str, bytes, os.PathLike)) and paths:
+        target = os.fsdecode(args[0])
+        paths.append(target if os.path.isabs(target) else os.path.join(os.path.dirname(paths[0]), target))
+    return paths
+
+
+def _is_directory(path: Any) -> bool:
+    return not isinstance(path, int) and os.path.isdir(os.fsdecode(path))
 
 
 def _within(path: Any, roots: tuple[str, ...]) -> bool:
@@ -1904,6 +2042,7 @@ __all__ = [
     "SandboxError",
     "SandboxLimits",
     "SandboxRun",
+    "ValueTooLarge",
     "decode_value",
     "encode_value",
     "exec_source",

@@ -2,8 +2,8 @@
 
 Every containment test runs twice: with the strongest isolation this machine allows ("auto":
 kernel namespaces, as root or through a user namespace) and with the fallback layers forced
-("audit"). Run as root, the whole containment suite (this file and tests/test_backend_eval.py)
-also runs again as an ordinary user (``test_the_containment_suite_passes_as_an_unprivileged_user``).
+("audit"). Run as root, the whole containment suite (this file, tests/test_backend_eval.py and
+tests/test_sandbox_attacks.py) also runs again as an ordinary user (``test_the_containment_suite_passes_as_an_unprivileged_user``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from simulators.sandbox import NAN, Opaque, Sandbox, SandboxLimits, decode_value
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 512 << 20
-CONTAINMENT_SUITE = ("tests/test_sandbox.py", "tests/test_backend_eval.py")
+CONTAINMENT_SUITE = ("tests/test_sandbox.py", "tests/test_backend_eval.py", "tests/test_sandbox_attacks.py")
 # The ordinary user the containment suite re-runs as; .ci/run creates it (and sets the second
 # variable, which turns a missing user from a skip into a failure).
 UNPRIVILEGED_USER = os.environ.get("COLLAB_UNPRIVILEGED_USER", "collab-ci")
@@ -631,7 +631,7 @@ def unprivileged_env(account: pwd.struct_passwd, home: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_the_containment_suite_passes_as_an_unprivileged_user():
-    """Re-runs this file and tests/test_backend_eval.py as an ordinary user: the same containment
+    """Re-runs the containment suite (``CONTAINMENT_SUITE``) as an ordinary user: the same containment
     expectations must hold in that mode, and its "auto" sandbox must be kernel-isolated wherever
     the kernel allows user namespaces."""
     account = unprivileged_account()
