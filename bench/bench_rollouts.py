@@ -78,7 +78,7 @@ def rollout(tree: Path, out: Path, args, threads: int, ours: bool) -> dict:
 def dialogues(path: Path) -> dict[tuple[str, int], list[tuple[str, str]]]:
     from simulators.tasks import load_episodes
 
-    return {(e.task.id, int(e.meta.get("sample", 0))): [(t.role, t.content) for t in e.turns]
+    return {e.sample_key: [(t.role, t.content) for t in e.turns]
             for e in load_episodes(path).items}
 
 

@@ -143,6 +143,12 @@ class Episode:
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"sample": k, "seed": s} of a rollout
 
     @property
+    def sample_key(self) -> tuple[str, int]:
+        """(task id, sample index): what identifies an episode among a run's episodes (rollouts resume
+        by it; comparisons pair two agents' episodes by it)."""
+        return self.task.id, int(self.meta.get("sample", 0))
+
+    @property
     def agent_turns(self) -> list[Turn]:
         return [t for t in self.turns if t.role == "agent"]
 

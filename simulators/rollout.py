@@ -122,7 +122,7 @@ def run_rollouts(tasks: Sequence[Task], agent: ChatModel, human: SimulatedHuman,
     out = Path(config.out)
     done: set[tuple[str, int]] = set()
     if out.exists():
-        done = {(e.task.id, int(e.meta.get("sample", 0))) for e in load_episodes(out).items}
+        done = {e.sample_key for e in load_episodes(out).items}
     work = pending_work(tasks, config.best_of_n, done)
     finished: list[Episode] = []
     with torch_threads(config.threads, agent, human.model), EpisodeProgress(len(work), config.max_rounds,

@@ -619,8 +619,8 @@ def compare_rows(config: ExperimentConfig, kind: str, methods: dict[str, list[Ep
 
 def matched(episodes: Sequence[Episode], others: Sequence[Episode]) -> list[Episode]:
     """The episodes of ``episodes`` whose (task, sample) ``others`` also played."""
-    keys = {(e.task.id, int(e.meta.get("sample", 0))) for e in others}
-    return [e for e in episodes if (e.task.id, int(e.meta.get("sample", 0))) in keys]
+    keys = {e.sample_key for e in others}
+    return [e for e in episodes if e.sample_key in keys]
 
 
 def read_evaluations(out: Path, methods: Sequence[str], scorer: str | None, stages: Stages) -> dict[str, list[Episode]]:

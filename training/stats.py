@@ -144,7 +144,7 @@ def matched_pairs(candidate: Sequence[Episode], baseline: Sequence[Episode],
     def keyed(episodes: Sequence[Episode], side: str) -> dict[tuple[str, int], float | None]:
         values: dict[tuple[str, int], float | None] = {}
         for episode in episodes:
-            key = (episode.task.id, int(episode.meta.get("sample", 0)))
+            key = episode.sample_key
             if key in values:
                 raise ValueError(f"matched_pairs: two {side} episodes of task {key[0]!r}, sample {key[1]}")
             values[key] = value(episode)
