@@ -87,9 +87,9 @@ def tests_markdown(scores: dict, answer: str | None = None) -> str:
     lines = [f"\n### Score: {scores.get('tests_passed', 0):.0%} of tests passed · {verdict}"]
     if scores.get("error"):  # the answer as a whole was not run: say why before the table
         lines.append(f"Not scored: **{scores['error']}**.")
-        if answer and answer.count("```") % 2:
-            lines.append("The reply ends inside an unclosed code block: it was most likely cut at the token limit "
-                         "(`--max-new-tokens`), so its code is incomplete. Ask the agent for the answer again.")
+    if answer and answer.count("```") % 2:
+        lines.append("The reply ends inside an unclosed code block: it was most likely cut at the token limit "
+                     "(`--max-new-tokens`), so its code is incomplete. Ask the agent for the answer again.")
     lines += ["| test | call | expected | got | verdict |", "|---|---|---|---|---|"]
     for test in scores.get("tests", []):
         got = test.get("got") if test.get("got") is not None else test.get("error")

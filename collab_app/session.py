@@ -228,7 +228,13 @@ class LiveSession:
             return
         from simulators.scoring import score_episodes
 
-        score_episodes([self.episode])
+        try:
+            score_episodes([self.episode])
+        except Exception as exc:  # noqa: BLE001 - e.g. the sandbox refuses this host: keep the answer, say why
+            self.episode.reward, self.episode.scores = None, {"error": f"scoring failed: {exc}"}
+            self.store.finish_session(self.session_id, answer=self.episode.answer, reward=None,
+                                      scores=self.episode.scores, status="answered")
+            return
         self.store.finish_session(self.session_id, answer=self.episode.answer, reward=self.episode.reward,
                                   scores=self.episode.scores)
 

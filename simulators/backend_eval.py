@@ -86,7 +86,7 @@ RANDOM_SEED = 0
 
 _PROGRAMS = ("reference", "answer")  # run in this order within a job
 _PYTHON_FENCES = {"", "python", "py", "python3", "py3"}
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)  # \Z: an unclosed last fence
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(```|\Z)", re.S)  # \Z: an unclosed last fence
 _CODE_START = re.compile(r"^(?:async\s+def|def|class|import|from|@)\b")
 _MAX_TRIM_LINES = 400
 
@@ -104,6 +104,8 @@ def extract_code(message: str | None) -> str | None:
     fences, the largest one that parses and defines a function or class (the last of equals);
     otherwise text is trimmed to the longest stretch that parses, starting at the first
     ``def``, ``class``, import or decorator line, so chatter before and after code is ignored.
+    A last Python fence left unclosed (the reply hit its token limit) is taken as it stands when
+    nothing else parses: it is scored, and fails with its SyntaxError.
     """
     if not message or not message.strip():
         return None
@@ -118,7 +120,9 @@ def extract_code(message: str | None) -> str | None:
 
 
 def _code_in(text: str) -> str | None:
-    blocks = [textwrap.dedent(body) for lang, body in _FENCE.findall(text) if lang.lower() in _PYTHON_FENCES]
+    fences = [(textwrap.dedent(body), not end) for lang, body, end in _FENCE.findall(text)
+              if lang.lower() in _PYTHON_FENCES]
+    blocks = [block for block, _ in fences]
     defining = [block for block in blocks if _defines_something(block)]
     if defining:
         return max(reversed(defining), key=len).strip("\n")
@@ -126,7 +130,10 @@ def _code_in(text: str) -> str | None:
         code = _trim_to_code(candidate)
         if code is not None:
             return code
-    return None
+    # A reply cut at the token limit inside its code block: run what it wrote, so that every
+    # test reports the SyntaxError instead of "no code" beside a visible ```python block.
+    unclosed = [block for block, cut in fences if cut and any(map(_CODE_START.match, block.splitlines()))]
+    return unclosed[-1].strip("\n") if unclosed else None
 
 
 def _defines_something(code: str) -> bool:
@@ -229,6 +236,13 @@ class _Observed:
 
 
 @dataclass
+class _NotRun:
+    """An answer with nothing to run, and why."""
+
+    reason: str
+
+
+@dataclass
 class _Evaluation:
     outcomes: dict[str, dict[str, _Observed]]  # program -> call name -> what it returned
     reference_cached: bool
@@ -279,8 +293,8 @@ class BackendEvaluator:
         rules or (``scoring="colbench"``) the reference implementation's."""
         check_scoring(scoring)
         code = self._code(task, answer_text, scoring)
-        if isinstance(code, BackendResult):
-            return code
+        if isinstance(code, _NotRun):
+            return self._unscored(task, code.reason, scoring, self._reference_outcomes(task, scoring))
         return self._result(task, self._evaluate_code(task, code, scoring), scoring)
 
     def evaluate_batch(
@@ -290,12 +304,13 @@ class BackendEvaluator:
         not cached, in batches, then the answers, ``workers`` at a time."""
         check_scoring(scoring)
         coded = [(task, self._code(task, answer_text, scoring)) for task, answer_text in items]
-        fresh = self._compute_references([task for task, code in coded if isinstance(code, str)], scoring)
+        fresh = self._compute_references([task for task, _ in coded], scoring)
 
-        def score(item: tuple[Task, str | BackendResult]) -> BackendResult:
+        def score(item: tuple[Task, str | _NotRun]) -> BackendResult:
             task, code = item
-            if isinstance(code, BackendResult):
-                return code
+            if isinstance(code, _NotRun):
+                reference = fresh.get(_reference_key(task, scoring)) or self._reference_outcomes(task, scoring)
+                return self._unscored(task, code.reason, scoring, reference)
             return self._result(task, self._evaluate_code(task, code, scoring, fresh), scoring)
 
         return self._map(score, coded)
@@ -328,24 +343,36 @@ class BackendEvaluator:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="backend-eval") as pool:
             return list(pool.map(function, items))
 
-    def _unscored(self, task: Task, reason: str, scoring: str = "ours") -> BackendResult:
-        tests = [TestOutcome(name, call, None, None, False, reason) for name, call in task.test_cases.items()]
-        return BackendResult(task_id=task.id, tests=tests, error=reason, scoring=scoring)
+    def _unscored(
+        self, task: Task, reason: str, scoring: str, reference: dict[str, _Observed]
+    ) -> BackendResult:
+        """Every test failed for ``reason``, beside what the reference returns for it (so that a
+        person sees what the answer should have given)."""
+        tests = [TestOutcome(name, call, reference[name].repr if name in reference else None, None, False, reason)
+                 for name, call in task.test_cases.items()]
+        return BackendResult(task_id=task.id, tests=tests, error=reason, isolation=self.sandbox.isolation,
+                             scoring=scoring)
 
-    def _code(self, task: Task, answer_text: str | None, scoring: str) -> str | BackendResult:
-        """The code to run for an answer, or its result when there is nothing to run."""
+    def _reference_outcomes(self, task: Task, scoring: str) -> dict[str, _Observed]:
+        """The reference's outcomes for ``task``: cached, or run now (and cached)."""
+        key = _reference_key(task, scoring)
+        with self._reference_lock(key):
+            return self._cached(key) or self._compute_references([task], scoring)[key]
+
+    def _code(self, task: Task, answer_text: str | None, scoring: str) -> str | _NotRun:
+        """The code to run for an answer, or why there is none."""
         if task.kind != "backend":
             raise ValueError(f"task {task.id} is a {task.kind} task, not a backend task")
         if answer_text is None or not answer_text.strip():
-            return self._unscored(task, "no answer", scoring)
+            return _NotRun("no answer")
         if scoring == "colbench":
             word = blacklisted(answer_text)
             if word is not None:
-                return self._unscored(task, f"the answer contains {word!r}, which ColBench's scorer refuses", scoring)
+                return _NotRun(f"the answer contains {word!r}, which ColBench's scorer refuses")
             return reference_code(answer_text)
         code = extract_code(answer_text)
         if code is None:
-            return self._unscored(task, "no Python code found in the answer", scoring)
+            return _NotRun("no Python code found in the answer")
         return code
 
     def _check_one(self, task: Task, fresh: dict[str, dict[str, _Observed]]) -> TaskCheck:

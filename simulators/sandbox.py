@@ -69,8 +69,10 @@ so an ordinary user gets the same layers as root:
 The fallbacks are best effort: an audit hook runs inside the process it guards (it refuses
 ctypes, the usual way around it, but is not a security boundary: C extensions get past it).
 They are used only where the kernel refuses namespaces (user namespaces disabled, a seccomp
-profile refusing ``unshare``); the server then says so loudly (``Isolation.warning``, logged at
-start-up and carried in every result) together with what the stronger mode needs.
+profile refusing ``unshare``), and only when asked for: a default ("auto") sandbox refuses to
+start there unless the user sets ``COLLAB_ALLOW_WEAK_SANDBOX=1``; the server then says so loudly
+(``Isolation.warning``, logged at start-up and carried in every result) together with what the
+stronger mode needs.
 
 Always applied to a job: RLIMIT_CPU (from the job's wall budget), RLIMIT_AS, RLIMIT_FSIZE,
 RLIMIT_NOFILE, RLIMIT_CORE=0, RLIMIT_MSGQUEUE=0, stdin/stdout on /dev/null (prints are
@@ -135,6 +137,7 @@ NOBODY_UID = 65534  # used when the per-server uid is refused (e.g. inside a use
 SERVER_START_TIMEOUT_S = 60.0  # a first start on a busy machine can be slow
 _HEADER_DIGITS = 10  # a request header's length, in decimal digits, precedes it
 _SPILL_BYTES = 1 << 16  # where a _PrivateBuffer reads bytes beyond its capacity, to drop them
+ALLOW_WEAK_SANDBOX_ENV = "COLLAB_ALLOW_WEAK_SANDBOX"  # =1: run untrusted code even without kernel isolation
 RESPONSE_GRACE_S = 10.0  # how much longer than a job's wall budget the evaluator waits for a server
 EXIT_DRAIN_S = 1.0  # after a job exits, how long to keep reading output its leftovers may write
 PARENT_POLL_S = 0.5  # how often an idle server checks that the evaluator still exists
@@ -776,8 +779,10 @@ _TARGETS = {"run_calls": run_calls, "exec_source": exec_source}
 class Sandbox:
     """A pool of ``workers`` sandbox servers; ``run`` is thread-safe and blocks while all are busy.
 
-    ``mode``: "auto" (strongest isolation the host allows), "namespaces" (refuse to start unless
-    every layer is kernel-enforced) or "audit" (force the fallback layers, e.g. to test them).
+    ``mode``: "auto" (every layer kernel-enforced; where the host cannot, refuse to start unless
+    the user opted in with ``COLLAB_ALLOW_WEAK_SANDBOX=1``, then the strongest layers it allows),
+    "namespaces" (refuse to start unless every layer is kernel-enforced) or "audit" (force the
+    fallback layers, e.g. to test them).
     """
 
     def __init__(self, *, workers: int = 2, limits: SandboxLimits | None = None, mode: str = "auto") -> None:
@@ -878,15 +883,29 @@ class Sandbox:
             self._servers[:] = [s for s in self._servers if s.alive]
             self._servers.append(server)
             self.servers_started += 1
-        if self.mode == "namespaces" and server.isolation.mode != "namespaces":
+        if server.isolation.mode != "namespaces" and self.mode != "audit" and (
+            self.mode == "namespaces" or not weak_sandbox_allowed()
+        ):
             server.stop()
-            raise SandboxError(f"namespace isolation is not available here: {server.isolation.warning}")
+            raise SandboxError(
+                f"refusing to run untrusted code here: namespace isolation is not available. "
+                f"{server.isolation.warning} To run it anyway, contained only by the best-effort "
+                f"layers, set {ALLOW_WEAK_SANDBOX_ENV}=1."
+                if self.mode == "auto"
+                else f"namespace isolation is not available here: {server.isolation.warning}"
+            )
         if self._isolation is None and server.isolation.warning:  # once per pool, at start-up
             import logging
 
             logging.getLogger(__name__).warning("%s", server.isolation.warning)
         self._isolation = server.isolation
         return server
+
+
+def weak_sandbox_allowed() -> bool:
+    """Whether the user opted in to running untrusted code without kernel isolation
+    (``COLLAB_ALLOW_WEAK_SANDBOX=1``): "auto" sandboxes refuse to start otherwise."""
+    return os.environ.get(ALLOW_WEAK_SANDBOX_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def _stop_servers(servers: list[_ServerProcess]) -> None:
@@ -1130,9 +1149,10 @@ class _Server:
         skipped = "not attempted (audit mode requested)"
         net_note = ipc_note = pid_note = fs_note = user_ns_note = skipped
         if mode != "audit":
-            if os.geteuid() == 0 and _has_capability(_CAP_SYS_ADMIN):
+            if os.geteuid() == 0 and _has_capability(_CAP_SYS_ADMIN) and _in_initial_user_namespace():
                 user_ns_note = ""
-            else:  # an ordinary user (or root without CAP_SYS_ADMIN): the namespaces' owner is ours
+            else:  # an ordinary user, root without CAP_SYS_ADMIN, or root of a container's user
+                # namespace (whose other uids may be unmapped): the namespaces' owner is ours
                 user_ns_note = _user_namespace_refusal()
                 if not user_ns_note:
                     _enter_user_namespace(self.libc)
@@ -1230,6 +1250,20 @@ class _Server:
     def _probe_pid_namespace(self) -> None:
         # Keep a handle on our own PID namespace: after each unshare(CLONE_NEWPID) (which only
         # affects children) we setns() back so the next job can get a fresh namespace again.
+        # Where setns() back is refused (no CAP_SYS_ADMIN over our namespace's owner: root of a
+        # container's user namespace) the unshare could not be undone and every later fork
+        # would fail: the pair is tried in a throwaway child first.
+        pid = os.fork()
+        if pid == 0:
+            try:
+                own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                self.libc.unshare(_CLONE_NEWPID)
+                self.libc.setns(own, _CLONE_NEWPID)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        if os.waitpid(pid, 0)[1] != 0:
+            raise OSError(1, "a new PID namespace could not be left again (setns refused)")
         fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
             self.libc.unshare(_CLONE_NEWPID)
@@ -1296,6 +1330,9 @@ class _Server:
                     os.setgroups([])
                     os.setresgid(uid, uid, uid)
                     os.setresuid(uid, uid, uid)
+                except BaseException:
+                    os._exit(2)
+                try:
                     os.listdir(os.path.dirname(os.__file__))
                     with open(os.__file__, "rb"):
                         pass
@@ -1305,6 +1342,8 @@ class _Server:
             _, status = os.waitpid(pid, 0)
             if status == 0:
                 return uid, ""
+        if os.waitstatus_to_exitcode(status) == 2:
+            return None, "no unprivileged uid can be taken here (unmapped in this user namespace)"
         return None, "no unprivileged uid can read the Python installation here"
 
     def _evaluator_gone(self) -> bool:
@@ -1868,6 +1907,16 @@ def _has_capability(capability: int) -> bool:
     with open("/proc/self/status") as fh:
         effective = next(line.split()[1] for line in fh if line.startswith("CapEff:"))
     return bool(int(effective, 16) >> capability & 1)
+
+
+def _in_initial_user_namespace() -> bool:
+    """Whether this process lives in the host's user namespace (its uid map is the identity on
+    every uid), not in a container's, where root's capabilities end at the container."""
+    try:
+        with open("/proc/self/uid_map") as fh:
+            return fh.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
 
 
 def _user_namespace_refusal() -> str:

@@ -31,11 +31,14 @@ def test_the_score_table_shows_expected_values_and_verdicts_as_text(tmp_path):
         score = page.locator("#collab-score").inner_text()
         assert "✅" not in score and "❌" not in score and "not solved" in score  # no emoji font in Debian's Chromium
 
-        start_task(page, app.url, "Sum the even numbers")  # the cut answer
-        wait_for_text(page, "#collab-score", "Not scored")
+        start_task(page, app.url, "Sum the even numbers")  # the cut answer is run: its SyntaxError shows
+        wait_for_text(page, "#collab-score", "unclosed code block")
         score = page.locator("#collab-score").inner_text()
-        assert "no Python code found" in score and "unclosed code block" in score
-        assert "None" not in page.locator("#collab-score table").inner_text()
+        assert "no Python code found" not in score and "0% of tests passed" in score
+        table = page.locator("#collab-score table")
+        assert all("SyntaxError" in row for row in table.locator("tbody tr").all_inner_texts())
+        assert table.locator("tbody tr td:nth-child(3)").all_inner_texts()[0].strip() == "2"
+        assert "None" not in table.inner_text()
 
 
 def test_exports_with_no_preference_pairs_load_and_say_so(tmp_path):

@@ -88,6 +88,28 @@ def test_extract_code_handles_unclosed_fences_indentation_and_code_before_the_ma
     assert extract_code(f"```python\n{DOUBLE}```\n{ANSWER_MARKER} (the function above)") == DOUBLE.strip()
 
 
+def test_a_code_block_cut_at_the_token_limit_is_scored_and_fails_with_its_syntax_error(evaluator):
+    cut = f"{ANSWER_MARKER}\n```python\nimport math\ndef double(x):\n    return sum(2 * y for y in [x] if y >"
+    assert extract_code(cut) == "import math\ndef double(x):\n    return sum(2 * y for y in [x] if y >"
+    result = evaluator.evaluate(double_task(), cut)
+    assert result.error is None and result.tests_passed == 0.0
+    assert all(t.error.startswith("answer failed to load: SyntaxError") for t in result.tests), result.tests
+    assert [t.expected for t in result.tests] == [repr(2 * i) for i in range(10)]
+
+
+@pytest.mark.parametrize("answer", [None, "I am not sure how to do this."])
+@pytest.mark.parametrize("how", ["alone", "in a batch"])
+def test_an_answer_with_nothing_to_run_still_shows_what_the_reference_returns(evaluator, answer, how):
+    task = double_task(uuid.uuid4().hex)  # not cached: the reference runs for it
+    if how == "alone":
+        result = evaluator.evaluate(task, answer)
+    else:
+        result = evaluator.evaluate_batch([(task, answer), (task, DOUBLE)])[0]
+    assert result.error in ("no answer", "no Python code found in the answer") and result.tests_passed == 0.0
+    assert [t.expected for t in result.tests] == [repr(2 * i) for i in range(10)]
+    assert all(t.got is None and t.error == result.error for t in result.tests)
+
+
 @pytest.mark.parametrize(
     "message", [None, "", "   ", f"{ANSWER_MARKER} I could not work it out.", "def broken(:"]
 )

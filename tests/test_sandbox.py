@@ -554,32 +554,151 @@ def test_programs_run_in_the_same_job_get_fresh_namespaces_and_an_unchanged_harn
     assert calls["second", "spin"]["timed_out"] is True  # the alarm still fires
 
 
-def test_a_python_installation_under_tmp_moves_the_scratch_elsewhere():
-    """A venv under /tmp (where CI may clone) is bound into the read-only view, so the scratch
-    tmpfs cannot be /tmp there (it used to fail with 'File exists')."""
+# One attempt of each class of escape an independent attack suite found (issue 17), run as a job
+# by a sandbox started from a separate interpreter: each must fail inside the job.
+ESCAPES = """
+import os, socket, sys
+outcomes = {}
+def attempt(name, action):
+    try:
+        action()
+        outcomes[name] = "escaped"
+    except BaseException as exc:
+        outcomes[name] = type(exc).__name__
+def fill_disk():
+    for index in range(100):  # 100 MiB in 1 MiB files: over the 64 MiB scratch
+        with open(f"fill-{index}", "wb") as fh:
+            fh.write(bytes(1 << 20))
+attempt("1: read the evaluator's memory", lambda: open("/proc/EVALUATOR/mem", "rb"))
+attempt("1: read the evaluator's environment", lambda: open("/proc/EVALUATOR/environ", "rb"))
+attempt("2: read /etc/shadow", lambda: open("/etc/shadow", "rb").read(1))
+attempt("2: write a file beside the task files", lambda: open("REPO/escape-TAG", "w"))
+attempt("3: signal the evaluator", lambda: os.kill(EVALUATOR, 0))
+attempt("3: signal every process", lambda: os.kill(-1, 0))
+attempt("3: reach a loopback listener", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=2))
+attempt("4: hard-link a host file into scratch", lambda: os.link("/etc/passwd", "passwd-link"))
+try:
+    open("/tmp/escape-TAG", "w").write("the job's own /tmp")  # its scratch (or read-only), never the host's
+except OSError:
+    pass
+attempt("6: fill the disk", fill_disk)
+report([os.getcwd(), os.path.isdir(sys.prefix), outcomes])
+"""
+
+
+def virtualenv_under(parent: Path) -> Path:
+    venv = Path(tempfile.mkdtemp(prefix="collab-venv-", dir=parent))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    return venv
+
+
+def virtualenv_parent(where: str) -> Path:
+    if where == "/tmp":
+        return Path("/tmp")
+    home = Path.home()
+    if str(home).startswith(("/tmp", tempfile.gettempdir())) or not os.access(home, os.W_OK):
+        (pytest.fail if REQUIRE_UNPRIVILEGED else pytest.skip)(f"HOME={home} is not a writable home directory")
+    return home
+
+
+@pytest.mark.parametrize("where", ["/tmp", "home"])
+def test_a_virtualenv_under_tmp_or_a_home_directory_is_kernel_isolated_and_contains_each_escape(where):
+    """Kernel isolation must not depend on where Python is installed: a venv under /tmp (where CI
+    may clone; it is bound into the read-only view, so the scratch moves to /var/tmp) or under
+    a home directory (root's is 0700) gets every namespace, and each class of escape fails."""
     if not namespaces_possible_here():
         pytest.skip("no namespaces on this host: the view is never built")
-    venv = Path(tempfile.mkdtemp(prefix="collab-venv-", dir="/tmp"))
+    venv = virtualenv_under(virtualenv_parent(where))
+    tag = uuid.uuid4().hex
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-        script = (
-            "import importlib.util, json, sys\n"
-            "spec = importlib.util.spec_from_file_location('simulators.sandbox', sys.argv[1])\n"
-            "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
-            "spec.loader.exec_module(module)\n"
-            "with module.Sandbox(workers=1) as box:\n"
-            "    source = 'import os, sys; report([os.getcwd(), os.path.isdir(sys.prefix)])'\n"
-            "    run = box.run('exec_source', {'source': source}, wall_s=30)\n"
-            "    print(json.dumps([box.isolation.mode, run.messages]))\n"
-        )
-        done = subprocess.run(
-            [str(venv / "bin" / "python"), "-c", script, str(REPO / "simulators" / "sandbox.py")],
-            capture_output=True, text=True, timeout=120, cwd="/",
-        )  # fmt: skip
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            script = (
+                "import importlib.util, json, os, sys\n"
+                "spec = importlib.util.spec_from_file_location('simulators.sandbox', sys.argv[1])\n"
+                "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
+                "spec.loader.exec_module(module)\n"
+                "with module.Sandbox(workers=1) as box:\n"
+                "    source = sys.argv[2].replace('EVALUATOR', str(os.getpid()))\n"
+                "    run = box.run('exec_source', {'source': source}, wall_s=60)\n"
+                "    print(json.dumps([box.isolation.mode, run.messages, run.describe()]))\n"
+            )
+            source = (ESCAPES.replace("REPO", str(REPO)).replace("TAG", tag)
+                      .replace("PORT", str(listener.getsockname()[1])))
+            done = subprocess.run(
+                [str(venv / "bin" / "python"), "-c", script, str(REPO / "simulators" / "sandbox.py"), source],
+                capture_output=True, text=True, timeout=180, cwd="/",
+            )  # fmt: skip
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # nothing ever arrived
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout.splitlines()[-1]) == ["namespaces", [["/var/tmp", True]]]
+        mode, messages, how = json.loads(done.stdout.splitlines()[-1])
+        assert mode == "namespaces" and len(messages) == 1, (how, done.stderr)
+        cwd, sees_its_python, outcomes = messages[0]
+        assert cwd == ("/var/tmp" if where == "/tmp" else "/tmp") and sees_its_python
+        assert len(outcomes) == 9 and "escaped" not in outcomes.values(), outcomes
+        assert not os.path.exists(f"/tmp/escape-{tag}") and not (REPO / f"escape-{tag}").exists()
     finally:
         shutil.rmtree(venv)
+
+
+def in_a_container_without_user_namespaces(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run Python ``code`` as root of a user namespace of its own that may create no further user
+    namespaces: a rootless container on a host that refuses nested ones, where every uid but
+    root is unmapped and root's capabilities end at the container."""
+    limit = "echo 0 > /proc/sys/user/max_user_namespaces"
+    command = ["unshare", "--user", "--map-root-user", "sh", "-c", f'{limit} && exec "$0" -c "$1"',
+               sys.executable, code]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **env})
+
+
+def test_where_the_kernel_cannot_isolate_the_sandbox_refuses_to_run_code_unless_the_user_opts_in():
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    probe = in_a_container_without_user_namespaces("import os")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace here to play a container in: {probe.stderr[-300:]}")
+    code = textwrap.dedent("""
+        import json
+        from test_backend_eval import DOUBLE, double_task
+        from simulators.backend_eval import BackendEvaluator
+        from simulators.sandbox import SandboxError
+        try:
+            with BackendEvaluator(workers=1) as evaluator:
+                result = evaluator.evaluate(double_task(), DOUBLE)
+            print(json.dumps(["scored", result.tests_passed, result.isolation.to_dict()]))
+        except SandboxError as exc:
+            print(json.dumps(["refused", str(exc)]))
+    """)
+    tests = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    refused = json.loads(in_a_container_without_user_namespaces(code, **tests).stdout.splitlines()[-1])
+    assert refused[0] == "refused" and "refusing to run untrusted code here" in refused[1], refused
+    assert "COLLAB_ALLOW_WEAK_SANDBOX=1" in refused[1] and "no processes isolation" in refused[1]
+    done = in_a_container_without_user_namespaces(code, **tests, COLLAB_ALLOW_WEAK_SANDBOX="1")
+    verdict, passed, isolation = json.loads(done.stdout.splitlines()[-1])
+    assert (verdict, passed, isolation["mode"]) == ("scored", 1.0, "audit"), done.stderr
+    assert isolation["warning"].startswith("SANDBOX WARNING") and "SANDBOX WARNING" in done.stderr
+    # Its network and filesystem namespaces still came up (they need no more than that root).
+    assert isolation["network_isolated"] and isolation["filesystem_isolated"]
+
+
+def test_root_of_a_container_user_namespace_gets_kernel_isolation_through_a_nested_one():
+    """In a rootless container (root of a user namespace, other uids unmapped) the sandbox nests a
+    user namespace of its own, as an ordinary user's does; it used to die at start-up there."""
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    code = ("import json, os\nfrom simulators.sandbox import Sandbox\nwith Sandbox(workers=1) as box:\n"
+            "    run = box.run('exec_source', {'source': 'import os; report(os.getuid())'}, wall_s=30)\n"
+            "    print(json.dumps([box.isolation.mode, box.isolation.user_namespace, run.messages]))\n")
+    command = ["unshare", "--user", "--map-root-user", sys.executable, "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"no user namespaces here: {done.stderr[-300:]}")
+    assert json.loads(done.stdout.splitlines()[-1]) == ["namespaces", True, [0]], done.stderr
 
 
 # -- the containment suite as an ordinary user ---------------------------------------------------
@@ -635,16 +754,19 @@ def test_the_containment_suite_passes_as_an_unprivileged_user():
     expectations must hold in that mode, and its "auto" sandbox must be kernel-isolated wherever
     the kernel allows user namespaces."""
     account = unprivileged_account()
-    home = tempfile.mkdtemp(prefix="collab-unprivileged-")
+    scratch = tempfile.mkdtemp(prefix="collab-unprivileged-")
+    # Its own home where it has one (.ci/run makes it): a virtualenv test runs from there.
+    own_home = os.path.isdir(account.pw_dir) and os.stat(account.pw_dir).st_uid == account.pw_uid
     try:
-        os.chown(home, account.pw_uid, account.pw_gid)
-        report = Path(home) / "junit.xml"
+        os.chown(scratch, account.pw_uid, account.pw_gid)
+        report = Path(scratch) / "junit.xml"
         done = subprocess.run(
             [
                 *as_user(account), sys.executable, "-m", "pytest", *CONTAINMENT_SUITE, "-q", "-p",
-                "no:cacheprovider", f"--junitxml={report}", f"--basetemp={home}/pytest",
+                "no:cacheprovider", f"--junitxml={report}", f"--basetemp={scratch}/pytest",
             ],
-            capture_output=True, text=True, cwd=REPO, env=unprivileged_env(account, home), timeout=900,
+            capture_output=True, text=True, cwd=REPO, timeout=900,
+            env=unprivileged_env(account, account.pw_dir if own_home else scratch),
         )  # fmt: skip
         outcome = done.stdout[-3000:] + done.stderr[-2000:]
         assert done.returncode == 0, outcome
@@ -652,7 +774,10 @@ def test_the_containment_suite_passes_as_an_unprivileged_user():
         counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
         assert counts["tests"] >= 60 and counts["failures"] == counts["errors"] == 0, (counts, outcome)
         skipped = {case.get("name") for case in suite.iter("testcase") if case.find("skipped") is not None}
-        # Only this test skips itself there; the isolation check ran and passed.
-        assert skipped == {"test_the_containment_suite_passes_as_an_unprivileged_user"}, skipped
+        # Only this test skips itself there (and, without a home of its own, the home virtualenv).
+        expected = {"test_the_containment_suite_passes_as_an_unprivileged_user"}
+        if not own_home:
+            expected.add("test_a_virtualenv_under_tmp_or_a_home_directory_is_kernel_isolated_and_contains_each_escape[home]")
+        assert skipped == expected, skipped
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
