@@ -11,6 +11,7 @@ import gradio as gr
 from collab_app.actor import FOLLOW_REGISTRY, ActorSlot
 from collab_app.catalog import TaskCatalog
 from collab_app.cli import AppConfig
+from collab_app.messages import valid_unicode
 from collab_app.session import LiveSession
 from collab_app.training_jobs import TrainingManager
 from simulators.domain import Task
@@ -71,8 +72,9 @@ class AppContext:
         return self._model_slots.setdefault(spec, ActorSlot(spec))
 
     def person_message(self, text: str | None, empty: str = "Type a message first.") -> str:
-        """A person's message, stripped; refused with a notice when empty or over the size limit."""
-        text = (text or "").strip()
+        """A person's message, stripped and valid Unicode; refused with a notice when empty or over
+        the size limit."""
+        text = valid_unicode(text or "").strip()
         if not text:
             raise gr.Error(empty)
         limit = self.config.max_message_chars

@@ -12,6 +12,17 @@ _PAGE_START = re.compile(r"<!doctype html|<html[\s>]|<body[\s>]", re.IGNORECASE)
 _PAGE_END = re.compile(r"</html>|</body>", re.IGNORECASE)
 
 
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate as U+FFFD (a surrogate pair becomes the character it
+    encodes). JSON may carry lone surrogates (``"\\ud800"``), but UTF-8 cannot: SQLite, the
+    tokenizer and the page would each fail on them, and the session with them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def message_text(content: Any) -> str:
     """Plain text of a Gradio message's content.
 

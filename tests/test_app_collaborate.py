@@ -92,6 +92,27 @@ def test_a_refusal_is_a_notice_beside_the_chat_which_stays_readable(tmp_path):
         page.locator("#collab-notice").filter(has_text="Type a message").wait_for(state="detached")
 
 
+def test_a_message_with_a_lone_surrogate_is_stored_and_the_session_goes_on(tmp_path):
+    """Issue 17, class 8: a lone surrogate (valid in JSON, not in UTF-8) broke the session for good."""
+    db = tmp_path / "collab.sqlite"
+    with scripted_app(tmp_path, [QUESTION, "And the odd ones?", ANSWER]) as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-score", "Round 1/10")
+        # Typed through the page's own JavaScript: a JS string may hold a lone surrogate.
+        page.locator("#collab-input textarea").evaluate(
+            "box => { box.value = 'Only even ones \\ud800 please'; box.dispatchEvent(new Event('input')); }")
+        page.locator("#collab-send").click()
+        wait_for_text(page, "#collab-chat .message.bot", "And the odd ones?")
+        wait_for_text(page, "#collab-score", "Round 2/10")
+        send(page, "No, only the even ones.")
+        wait_for_text(page, "#collab-score", "100% of tests passed")
+        assert page.locator(f"#collab-chat {ERROR_BADGE}").count() == 0
+    turns = SessionStore(db).turns(only_session(db).id)
+    assert [t["content"] for t in turns[1:] if t["role"] == "human"] == ["Only even ones \ufffd please",
+                                                                          "No, only the even ones."]
+    assert only_session(db).reward == 1.0
+
+
 def test_regenerate_samples_a_new_reply_with_a_new_seed(tmp_path, tiny_model_dir):
     (tmp_path / "tasks.jsonl").write_text(json.dumps(TASK) + "\n")
     db = tmp_path / "collab.sqlite"
