@@ -30,15 +30,26 @@ class TaskCatalog:
                 self._tasks[task.id] = task
 
     def add_upload(self, path: str) -> tuple[int, list[str]]:
-        """Validate and add an uploaded ColBench file; returns (tasks added, line-numbered errors)."""
+        """Validate and add an uploaded ColBench file; returns (tasks added, line-numbered errors).
+
+        An upload never replaces a loaded task: a task whose id is taken by a different one (an
+        ``id`` field may name any task, hidden reference included) is added under an id of its
+        own content, and said so in the errors list."""
         if Path(path).stat().st_size > MAX_UPLOAD_BYTES:
             raise TaskFileError(f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB")
         report = load_tasks(path)
         name = Path(path).name
-        for task in report.items:  # show the upload's own name, not Gradio's temp path
-            task.source = task.source.replace(str(path), name)
-        self.add(report.items)
-        return len(report.items), [e.replace(str(path), name) for e in report.errors]
+        notes = [e.replace(str(path), name) for e in report.errors]
+        with self._lock:
+            for task in report.items:
+                task.source = task.source.replace(str(path), name)  # the upload's own name, not Gradio's temp path
+                taken = self._tasks.get(task.id)
+                if taken is not None and _content(taken) != _content(task):
+                    new_id = f"{task.id}-upload-{Task.make_id(task.kind, *_content(task)[:2])[2:10]}"
+                    notes.append(f"{task.source}: id {task.id!r} belongs to another task; added as {new_id!r}")
+                    task.id = new_id
+                self._tasks.setdefault(task.id, task)
+        return len(report.items), notes
 
     def get(self, task_id: str) -> Task:
         with self._lock:
@@ -61,6 +72,11 @@ class TaskCatalog:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def _content(task: Task) -> tuple:
+    return (task.problem_description, task.ground_truth, task.kind, sorted(task.test_cases.items()),
+            task.hidden_information)
 
 
 def free_form_task(description: str, kind: str) -> Task:

@@ -224,7 +224,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             added, errors = ctx.catalog.add_upload(file)
         except (TaskFileError, OSError) as exc:
             return gr.update(), f"⚠️ {exc}"
-        note = f"Added {added} task(s)." + ("".join(f"\n- skipped {e}" for e in errors[:20]))
+        note = f"Added {added} task(s)." + ("".join(f"\n- {e}" for e in errors[:20]))
         return gr.update(choices=ctx.catalog.choices(task_kind)), note
 
     @reported

@@ -1,5 +1,7 @@
 """LiveSession: the rules of a collaboration with a person, stored turn by turn (tiny real model)."""
 
+import json
+
 import pytest
 
 from collab_app.catalog import TaskCatalog, free_form_task
@@ -114,6 +116,27 @@ def test_catalog_offers_samples_and_validates_uploads(tmp_path):
     added, errors = catalog.add_upload(str(upload))
     assert added == 1 and errors[0].startswith("mine.jsonl:2: invalid JSON")
     assert catalog.random("frontend").kind == "frontend"
+
+
+def test_an_upload_never_replaces_a_loaded_task_or_its_hidden_reference(tmp_path):
+    """Issue 17, class 8: an upload naming an existing task id replaced it, for every client."""
+    catalog = TaskCatalog()
+    sample = catalog.random("backend")
+    forged = {"id": sample.id, "problem_description": sample.problem_description,
+              "ground_truth": "def f():\n    return 'forged'", "test_cases": {"test1": "f()"}}
+    same = {"id": sample.id, "problem_description": sample.problem_description,
+            "ground_truth": sample.ground_truth, "test_cases": sample.test_cases,
+            "hidden_information": sample.hidden_information}
+    upload = tmp_path / "mine.jsonl"
+    upload.write_text(json.dumps(forged) + "\n" + json.dumps(same) + "\n")
+    before = len(catalog)
+    added, notes = catalog.add_upload(str(upload))
+    assert catalog.get(sample.id).ground_truth == sample.ground_truth  # untouched
+    assert added == 2 and len(catalog) == before + 1  # the forged one beside it; the identical one is the same task
+    (note,) = notes
+    assert note.startswith(f"mine.jsonl:1: id {sample.id!r} belongs to another task; added as ")
+    new_id = note.rsplit(" ", 1)[1].strip("'")
+    assert catalog.get(new_id).ground_truth == forged["ground_truth"] and new_id != sample.id
 
 
 def test_the_person_ends_a_session_at_any_round_and_the_latest_reply_is_scored(store):
