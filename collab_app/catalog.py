@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import textwrap
 import threading
@@ -29,27 +31,29 @@ class TaskCatalog:
             for task in tasks:
                 self._tasks[task.id] = task
 
-    def add_upload(self, path: str) -> tuple[int, list[str]]:
-        """Validate and add an uploaded ColBench file; returns (tasks added, line-numbered errors).
+    def add_upload(self, path: str) -> tuple[int, list[str], list[str]]:
+        """Validate and add an uploaded ColBench file; returns (tasks added, line-numbered errors of
+        the lines skipped, tasks renamed).
 
         An upload never replaces a loaded task: a task whose id is taken by a different one (an
         ``id`` field may name any task, hidden reference included) is added under an id of its
-        own content, and said so in the errors list."""
+        own content, and the third list says so."""
         if Path(path).stat().st_size > MAX_UPLOAD_BYTES:
             raise TaskFileError(f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB")
         report = load_tasks(path)
         name = Path(path).name
-        notes = [e.replace(str(path), name) for e in report.errors]
+        renamed = []
         with self._lock:
             for task in report.items:
                 task.source = task.source.replace(str(path), name)  # the upload's own name, not Gradio's temp path
                 taken = self._tasks.get(task.id)
                 if taken is not None and _content(taken) != _content(task):
-                    new_id = f"{task.id}-upload-{Task.make_id(task.kind, *_content(task)[:2])[2:10]}"
-                    notes.append(f"{task.source}: id {task.id!r} belongs to another task; added as {new_id!r}")
+                    digest = hashlib.sha1(json.dumps(_content(task), default=str).encode()).hexdigest()[:8]
+                    new_id = f"{task.id}-upload-{digest}"
+                    renamed.append(f"{task.source}: id {task.id!r} belongs to another task; added as {new_id!r}")
                     task.id = new_id
                 self._tasks.setdefault(task.id, task)
-        return len(report.items), notes
+        return len(report.items), [e.replace(str(path), name) for e in report.errors], renamed
 
     def get(self, task_id: str) -> Task:
         with self._lock:

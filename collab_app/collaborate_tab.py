@@ -87,7 +87,7 @@ def tests_markdown(scores: dict, answer: str | None = None) -> str:
     lines = [f"\n### Score: {scores.get('tests_passed', 0):.0%} of tests passed · {verdict}"]
     if scores.get("error"):  # the answer as a whole was not run: say why before the table
         lines.append(f"Not scored: **{scores['error']}**.")
-    if answer and answer.count("```") % 2:
+    if answer and answer.count("```") % 2 and not scores.get("success"):
         lines.append("The reply ends inside an unclosed code block: it was most likely cut at the token limit "
                      "(`--max-new-tokens`), so its code is incomplete. Ask the agent for the answer again.")
     lines += ["| test | call | expected | got | verdict |", "|---|---|---|---|---|"]
@@ -221,10 +221,11 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         if file is None:
             return gr.update(), ""
         try:
-            added, errors = ctx.catalog.add_upload(file)
+            added, errors, renamed = ctx.catalog.add_upload(file)
         except (TaskFileError, OSError) as exc:
             return gr.update(), f"⚠️ {exc}"
-        note = f"Added {added} task(s)." + ("".join(f"\n- {e}" for e in errors[:20]))
+        note = f"Added {added} task(s)." + "".join([*(f"\n- skipped {e}" for e in errors[:20]),
+                                                    *(f"\n- {r}" for r in renamed[:20])])
         return gr.update(choices=ctx.catalog.choices(task_kind)), note
 
     @reported

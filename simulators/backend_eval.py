@@ -309,7 +309,9 @@ class BackendEvaluator:
         def score(item: tuple[Task, str | _NotRun]) -> BackendResult:
             task, code = item
             if isinstance(code, _NotRun):
-                reference = fresh.get(_reference_key(task, scoring)) or self._reference_outcomes(task, scoring)
+                reference = fresh.get(_reference_key(task, scoring))  # (or cached before this batch)
+                if reference is None:
+                    reference = self._reference_outcomes(task, scoring)
                 return self._unscored(task, code.reason, scoring, reference)
             return self._result(task, self._evaluate_code(task, code, scoring, fresh), scoring)
 
@@ -357,7 +359,11 @@ class BackendEvaluator:
         """The reference's outcomes for ``task``: cached, or run now (and cached)."""
         key = _reference_key(task, scoring)
         with self._reference_lock(key):
-            return self._cached(key) or self._compute_references([task], scoring)[key]
+            reference = self._cached(key)
+            if reference is None:
+                reference = self._run_references([task], scoring)[0]
+                self._store_unless_transient(key, reference)
+            return reference
 
     def _code(self, task: Task, answer_text: str | None, scoring: str) -> str | _NotRun:
         """The code to run for an answer, or why there is none."""

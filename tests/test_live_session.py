@@ -113,8 +113,8 @@ def test_catalog_offers_samples_and_validates_uploads(tmp_path):
     assert len(catalog) >= 30
     upload = tmp_path / "mine.jsonl"
     upload.write_text('{"problem_description": "p", "ground_truth": "<html></html>"}\nbroken\n')
-    added, errors = catalog.add_upload(str(upload))
-    assert added == 1 and errors[0].startswith("mine.jsonl:2: invalid JSON")
+    added, errors, renamed = catalog.add_upload(str(upload))
+    assert added == 1 and errors[0].startswith("mine.jsonl:2: invalid JSON") and renamed == []
     assert catalog.random("frontend").kind == "frontend"
 
 
@@ -130,10 +130,11 @@ def test_an_upload_never_replaces_a_loaded_task_or_its_hidden_reference(tmp_path
     upload = tmp_path / "mine.jsonl"
     upload.write_text(json.dumps(forged) + "\n" + json.dumps(same) + "\n")
     before = len(catalog)
-    added, notes = catalog.add_upload(str(upload))
+    added, errors, renamed = catalog.add_upload(str(upload))
     assert catalog.get(sample.id).ground_truth == sample.ground_truth  # untouched
     assert added == 2 and len(catalog) == before + 1  # the forged one beside it; the identical one is the same task
-    (note,) = notes
+    (note,) = renamed
+    assert errors == []
     assert note.startswith(f"mine.jsonl:1: id {sample.id!r} belongs to another task; added as ")
     new_id = note.rsplit(" ", 1)[1].strip("'")
     assert catalog.get(new_id).ground_truth == forged["ground_truth"] and new_id != sample.id

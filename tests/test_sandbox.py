@@ -644,11 +644,11 @@ def test_a_virtualenv_under_tmp_or_a_home_directory_is_kernel_isolated_and_conta
         shutil.rmtree(venv)
 
 
-def in_a_container_without_user_namespaces(code: str, **env: str) -> subprocess.CompletedProcess:
-    """Run Python ``code`` as root of a user namespace of its own that may create no further user
-    namespaces: a rootless container on a host that refuses nested ones, where every uid but
-    root is unmapped and root's capabilities end at the container."""
-    limit = "echo 0 > /proc/sys/user/max_user_namespaces"
+def in_a_container(code: str, *, nested_user_namespaces: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run Python ``code`` as root of a user namespace of its own, as in a rootless container:
+    every uid but root is unmapped and root's capabilities end at the container. Without
+    ``nested_user_namespaces`` it may create no further user namespace (a host refusing them)."""
+    limit = "true" if nested_user_namespaces else "echo 0 > /proc/sys/user/max_user_namespaces"
     command = ["unshare", "--user", "--map-root-user", "sh", "-c", f'{limit} && exec "$0" -c "$1"',
                sys.executable, code]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=REPO,
@@ -658,7 +658,7 @@ def in_a_container_without_user_namespaces(code: str, **env: str) -> subprocess.
 def test_where_the_kernel_cannot_isolate_the_sandbox_refuses_to_run_code_unless_the_user_opts_in():
     if shutil.which("unshare") is None:
         pytest.skip("util-linux unshare is not installed")
-    probe = in_a_container_without_user_namespaces("import os")
+    probe = in_a_container("import os", nested_user_namespaces=False)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a user namespace here to play a container in: {probe.stderr[-300:]}")
     code = textwrap.dedent("""
@@ -674,10 +674,10 @@ def test_where_the_kernel_cannot_isolate_the_sandbox_refuses_to_run_code_unless_
             print(json.dumps(["refused", str(exc)]))
     """)
     tests = {"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
-    refused = json.loads(in_a_container_without_user_namespaces(code, **tests).stdout.splitlines()[-1])
+    refused = json.loads(in_a_container(code, nested_user_namespaces=False, **tests).stdout.splitlines()[-1])
     assert refused[0] == "refused" and "refusing to run untrusted code here" in refused[1], refused
     assert "COLLAB_ALLOW_WEAK_SANDBOX=1" in refused[1] and "no processes isolation" in refused[1]
-    done = in_a_container_without_user_namespaces(code, **tests, COLLAB_ALLOW_WEAK_SANDBOX="1")
+    done = in_a_container(code, nested_user_namespaces=False, **tests, COLLAB_ALLOW_WEAK_SANDBOX="1")
     verdict, passed, isolation = json.loads(done.stdout.splitlines()[-1])
     assert (verdict, passed, isolation["mode"]) == ("scored", 1.0, "audit"), done.stderr
     assert isolation["warning"].startswith("SANDBOX WARNING") and "SANDBOX WARNING" in done.stderr
@@ -693,9 +693,7 @@ def test_root_of_a_container_user_namespace_gets_kernel_isolation_through_a_nest
     code = ("import json, os\nfrom simulators.sandbox import Sandbox\nwith Sandbox(workers=1) as box:\n"
             "    run = box.run('exec_source', {'source': 'import os; report(os.getuid())'}, wall_s=30)\n"
             "    print(json.dumps([box.isolation.mode, box.isolation.user_namespace, run.messages]))\n")
-    command = ["unshare", "--user", "--map-root-user", sys.executable, "-c", code]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = in_a_container(code)
     if done.returncode != 0 and "unshare failed" in done.stderr:
         pytest.skip(f"no user namespaces here: {done.stderr[-300:]}")
     assert json.loads(done.stdout.splitlines()[-1]) == ["namespaces", True, [0]], done.stderr
