@@ -40,6 +40,11 @@ def build_app(config: AppConfig) -> tuple[gr.Blocks, AppContext]:
             build_train_tab(ctx, train_tab)
         with gr.Tab("Chat"):
             build_chat_tab(ctx)
+
+        def forget_uploads(request: gr.Request):  # a closed or reloaded page's uploads go with it
+            ctx.catalog.forget(request.session_hash)
+
+        app.unload(forget_uploads)
     app.queue(default_concurrency_limit=4)
     return app, ctx
 

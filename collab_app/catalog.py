@@ -1,4 +1,8 @@
-"""The tasks a person can pick in the app: our samples, ``--tasks`` files, uploads, free-form."""
+"""The tasks a person can pick in the app: our samples, ``--tasks`` files, uploads, free-form.
+
+Loaded tasks (samples and ``--tasks`` files) are every client's; an upload is its uploader's only
+(issue 17): it lives under the browser session that sent it, so no other client can list, pick or
+read its hidden reference, and it is forgotten when that session ends."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ MAX_UPLOAD_BYTES = 20_000_000
 class TaskCatalog:
     def __init__(self, task_files: list[str] | None = None):
         self._tasks: dict[str, Task] = {}
+        self._uploads: dict[str, dict[str, Task]] = {}  # owner (a browser session) -> its uploads
         self._lock = threading.Lock()
         self.load_errors: list[str] = []
         self.add(load_sample_tasks())
@@ -31,50 +36,61 @@ class TaskCatalog:
             for task in tasks:
                 self._tasks[task.id] = task
 
-    def add_upload(self, path: str) -> tuple[int, list[str], list[str]]:
-        """Validate and add an uploaded ColBench file; returns (tasks added, line-numbered errors of
-        the lines skipped, tasks renamed).
+    def add_upload(self, path: str, owner: str) -> tuple[int, list[str], list[str]]:
+        """Validate and add an uploaded ColBench file for ``owner`` alone; returns (tasks added,
+        line-numbered errors of the lines skipped, tasks renamed).
 
-        An upload never replaces a loaded task: a task whose id is taken by a different one (an
-        ``id`` field may name any task, hidden reference included) is added under an id of its
-        own content, and the third list says so."""
+        An upload never replaces a task: one whose id is taken by a different task (an ``id`` field
+        may name any task, hidden reference included) is added under an id of its own content, and
+        the third list says so."""
         if Path(path).stat().st_size > MAX_UPLOAD_BYTES:
             raise TaskFileError(f"the file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB")
         report = load_tasks(path)
         name = Path(path).name
         renamed = []
         with self._lock:
+            mine = self._uploads.setdefault(owner, {})
             for task in report.items:
                 task.source = task.source.replace(str(path), name)  # the upload's own name, not Gradio's temp path
-                taken = self._tasks.get(task.id)
+                taken = self._tasks.get(task.id) or mine.get(task.id)
                 if taken is not None and _content(taken) != _content(task):
                     digest = hashlib.sha1(json.dumps(_content(task), default=str).encode()).hexdigest()[:8]
                     new_id = f"{task.id}-upload-{digest}"
                     renamed.append(f"{task.source}: id {task.id!r} belongs to another task; added as {new_id!r}")
                     task.id = new_id
-                self._tasks.setdefault(task.id, task)
+                if task.id not in self._tasks:
+                    mine.setdefault(task.id, task)
         return len(report.items), [e.replace(str(path), name) for e in report.errors], renamed
 
-    def get(self, task_id: str) -> Task:
+    def forget(self, owner: str) -> None:
+        """Drop ``owner``'s uploads (its browser session ended)."""
         with self._lock:
-            if task_id not in self._tasks:
-                raise KeyError(f"unknown task {task_id!r}")
-            return self._tasks[task_id]
+            self._uploads.pop(owner, None)
 
-    def choices(self, kind: str | None = None) -> list[tuple[str, str]]:
-        """(label, id) pairs for a dropdown."""
+    def get(self, task_id: str, owner: str | None = None) -> Task:
+        """A loaded task, or one of ``owner``'s uploads."""
         with self._lock:
-            tasks = [t for t in self._tasks.values() if kind in (None, "", "any", t.kind)]
+            task = self._tasks.get(task_id) or self._uploads.get(owner, {}).get(task_id)
+        if task is None:
+            raise KeyError(f"unknown task {task_id!r}")
+        return task
+
+    def choices(self, kind: str | None = None, owner: str | None = None) -> list[tuple[str, str]]:
+        """(label, id) pairs for a dropdown: the loaded tasks, then ``owner``'s uploads."""
+        with self._lock:
+            tasks = [t for t in [*self._tasks.values(), *self._uploads.get(owner, {}).values()]
+                     if kind in (None, "", "any", t.kind)]
         # Cut at a word, not mid-word, with an ellipsis that says there is more.
         return [(f"[{t.kind}] {textwrap.shorten(t.problem_description, 80, placeholder=' …')}", t.id) for t in tasks]
 
-    def random(self, kind: str | None = None, rng: random.Random | None = None) -> Task:
-        ids = [task_id for _, task_id in self.choices(kind)]
+    def random(self, kind: str | None = None, rng: random.Random | None = None, owner: str | None = None) -> Task:
+        ids = [task_id for _, task_id in self.choices(kind, owner)]
         if not ids:
             raise KeyError("no task of that kind is loaded")
-        return self.get((rng or random).choice(ids))
+        return self.get((rng or random).choice(ids), owner)
 
     def __len__(self) -> int:
+        """The loaded tasks (uploads are counted by their owners' ``choices``)."""
         return len(self._tasks)
 
 

@@ -125,7 +125,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
                 free_btn = gr.Button("Start free-form session", size="sm", elem_id="free-start")
             with gr.Accordion("Upload a ColBench task file", open=False):
                 upload = gr.File(label="JSONL", file_types=[".jsonl", ".json"])
-                upload_note = gr.Markdown()
+                upload_note = gr.Markdown(elem_id="upload-note")
             name = gr.Textbox(label="Your name (recorded with the session)", value="anonymous", max_lines=1)
         with gr.Column(scale=4):  # the chat is what the person reads and writes: it gets the most room
             chatbot = gr.Chatbot(label="Collaboration", height=520, editable="all", elem_id="collab-chat",
@@ -179,10 +179,10 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         return session
 
     @reported
-    def start(task_id, person, session):
+    def start(task_id, person, session, request: gr.Request):
         if not task_id:
             raise gr.Error("Pick a task first (or press Random).")
-        yield from open_session(ctx.catalog.get(task_id), person, session)
+        yield from open_session(ctx.catalog.get(task_id, request.session_hash), person, session)
 
     @reported
     def start_free(description, task_kind, person, session):
@@ -208,25 +208,26 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         for view in agent_streams(new):
             yield (*view, *unchanged)
 
-    def pick_random(task_kind):
+    # Uploads are this browser session's own (collab_app.catalog): every lookup names its owner.
+    def pick_random(task_kind, request: gr.Request):
         try:
-            return ctx.catalog.random(task_kind).id, ""
+            return ctx.catalog.random(task_kind, owner=request.session_hash).id, ""
         except KeyError as exc:
             raise gr.Error(str(exc)) from exc
 
-    def filter_tasks(task_kind):
-        return gr.update(choices=ctx.catalog.choices(task_kind), value=None)
+    def filter_tasks(task_kind, request: gr.Request):
+        return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash), value=None)
 
-    def on_upload(file, task_kind):
+    def on_upload(file, task_kind, request: gr.Request):
         if file is None:
             return gr.update(), ""
         try:
-            added, errors, renamed = ctx.catalog.add_upload(file)
+            added, errors, renamed = ctx.catalog.add_upload(file, owner=request.session_hash)
         except (TaskFileError, OSError) as exc:
             return gr.update(), f"⚠️ {exc}"
         note = f"Added {added} task(s)." + "".join([*(f"\n- skipped {e}" for e in errors[:20]),
                                                     *(f"\n- {r}" for r in renamed[:20])])
-        return gr.update(choices=ctx.catalog.choices(task_kind)), note
+        return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash)), note
 
     @reported
     def person_sends(text, session):

@@ -169,7 +169,7 @@ def build_compare_tab(ctx: AppContext) -> None:
                textbox, send_btn, end_btn, retry_btn, result, notice]
 
     @reported
-    def start(task_id, spec_1, spec_2, person, comparison):
+    def start(task_id, spec_1, spec_2, person, comparison, request: gr.Request):
         if not task_id:
             raise gr.Error("Pick a task first (or press Random task).")
         specs = [(spec_1 or "").strip(), (spec_2 or "").strip()]
@@ -177,7 +177,7 @@ def build_compare_tab(ctx: AppContext) -> None:
             raise gr.Error("Name both models to compare.")
         if specs[0] == specs[1]:
             raise gr.Error("Pick two different models.")
-        task = ctx.catalog.get(task_id)
+        task = ctx.catalog.get(task_id, request.session_hash)  # a loaded task or this session's upload
         try:
             models = [ctx.model_slot(spec).get() for spec in specs]
         except ModelError as exc:
@@ -243,9 +243,9 @@ def build_compare_tab(ctx: AppContext) -> None:
         return views(comparison)
 
     @reported
-    def pick_random(task_kind):
+    def pick_random(task_kind, request: gr.Request):
         try:
-            return ctx.catalog.random(task_kind).id, ""
+            return ctx.catalog.random(task_kind, owner=request.session_hash).id, ""
         except KeyError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -260,4 +260,7 @@ def build_compare_tab(ctx: AppContext) -> None:
     end_btn.click(end, comparison_state, outputs)
     retry_btn.click(stream, comparison_state, outputs)
     random_btn.click(pick_random, kind, [task_pick, notice])
-    kind.change(lambda k: gr.update(choices=ctx.catalog.choices(k), value=None), kind, task_pick)
+    def filter_tasks(task_kind, request: gr.Request):
+        return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash), value=None)
+
+    kind.change(filter_tasks, kind, task_pick)

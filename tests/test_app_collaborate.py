@@ -113,6 +113,45 @@ def test_a_message_with_a_lone_surrogate_is_stored_and_the_session_goes_on(tmp_p
     assert only_session(db).reward == 1.0
 
 
+def test_an_uploaded_task_is_offered_to_its_uploader_only(tmp_path):
+    """Issue 17, class 8: an upload was every client's task, hidden reference included."""
+    secret = {**TASK, "id": "uploaded-secret", "ground_truth": "def mul_odd(xs):\n    return 0",
+              "problem_description": "Multiply the odd numbers. The signature of the function is: def mul_odd(xs)"}
+    (tmp_path / "upload.jsonl").write_text(json.dumps(secret) + "\n")
+
+    def offered(page) -> str:
+        """Every task the page's list offers (they render at once: one shown means all are)."""
+        page.locator("#task-pick input").click()
+        page.locator("#task-pick input").fill("")
+        page.get_by_role("option").filter(has_text="Sum the even").first.wait_for()
+        options = "\n".join(page.get_by_role("option").all_inner_texts())
+        page.locator("#task-pick input").blur()  # closes the list
+        return options
+
+    with scripted_app(tmp_path, [QUESTION]) as app, browser_page() as page:
+        other = page.context.browser.new_page()  # another person's page, open before and during the upload
+        for each in (page, other):
+            each.goto(app.url, wait_until="load")
+            each.wait_for_selector("#start", timeout=60_000)
+        page.get_by_text("Upload a ColBench task file").click()
+        page.locator("input[type=file]").set_input_files(str(tmp_path / "upload.jsonl"))
+        wait_for_text(page, "#upload-note", "Added 1 task(s).")
+        assert "Multiply the odd" in offered(page)
+        other.get_by_text("backend", exact=True).click()  # the other page asks the server for its list
+        assert "Multiply" not in offered(other)
+        page.locator("#task-pick input").click()
+        page.locator("#task-pick input").fill("Multiply the odd")
+        page.get_by_role("option").filter(has_text="Multiply the odd").first.click()
+        page.locator("#start").click()
+        wait_for_text(page, "#collab-chat", QUESTION)
+        assert "return 0" in page.locator("#collab-chat").evaluate("_ => document.body.innerText")
+        page.reload(wait_until="load")  # a new browser session: the upload went with the old one
+        page.wait_for_selector("#start", timeout=60_000)
+        assert "Multiply" not in offered(page)
+    (session,) = SessionStore(tmp_path / "collab.sqlite").list_sessions()
+    assert session.task_id == "uploaded-secret"  # the session keeps its task, upload gone or not
+
+
 def test_regenerate_samples_a_new_reply_with_a_new_seed(tmp_path, tiny_model_dir):
     (tmp_path / "tasks.jsonl").write_text(json.dumps(TASK) + "\n")
     db = tmp_path / "collab.sqlite"

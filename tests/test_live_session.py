@@ -113,9 +113,31 @@ def test_catalog_offers_samples_and_validates_uploads(tmp_path):
     assert len(catalog) >= 30
     upload = tmp_path / "mine.jsonl"
     upload.write_text('{"problem_description": "p", "ground_truth": "<html></html>"}\nbroken\n')
-    added, errors, renamed = catalog.add_upload(str(upload))
+    added, errors, renamed = catalog.add_upload(str(upload), owner="me")
     assert added == 1 and errors[0].startswith("mine.jsonl:2: invalid JSON") and renamed == []
     assert catalog.random("frontend").kind == "frontend"
+
+
+def test_an_upload_is_its_uploaders_alone_and_goes_with_its_session(tmp_path):
+    """Issue 17, class 8: an upload was every client's (its id and hidden reference included)."""
+    catalog = TaskCatalog()
+    upload = tmp_path / "mine.jsonl"
+    upload.write_text(json.dumps({"id": "secret", "problem_description": "p", "ground_truth": "def f():\n    return 1",
+                                  "test_cases": {"test1": "f()"}}) + "\n")
+    loaded = catalog.choices()
+    assert catalog.add_upload(str(upload), owner="alice") == (1, [], [])
+    assert catalog.get("secret", "alice").ground_truth.endswith("return 1")
+    assert ("[backend] p", "secret") in catalog.choices("backend", "alice")
+    for other in (None, "bob"):  # another browser session, or a lookup that names no session
+        assert catalog.choices(owner=other) == loaded
+        with pytest.raises(KeyError, match="unknown task 'secret'"):
+            catalog.get("secret", other)
+    # The same id uploaded by another session is that session's own task: nothing is renamed.
+    upload.write_text(json.dumps({"id": "secret", "problem_description": "q", "ground_truth": "<html></html>"}) + "\n")
+    assert catalog.add_upload(str(upload), owner="bob") == (1, [], [])
+    assert catalog.get("secret", "bob").kind == "frontend" and catalog.get("secret", "alice").kind == "backend"
+    catalog.forget("alice")
+    assert catalog.choices(owner="alice") == loaded and catalog.get("secret", "bob").kind == "frontend"
 
 
 def test_an_upload_never_replaces_a_loaded_task_or_its_hidden_reference(tmp_path):
@@ -130,14 +152,16 @@ def test_an_upload_never_replaces_a_loaded_task_or_its_hidden_reference(tmp_path
     upload = tmp_path / "mine.jsonl"
     upload.write_text(json.dumps(forged) + "\n" + json.dumps(same) + "\n")
     before = len(catalog)
-    added, errors, renamed = catalog.add_upload(str(upload))
-    assert catalog.get(sample.id).ground_truth == sample.ground_truth  # untouched
-    assert added == 2 and len(catalog) == before + 1  # the forged one beside it; the identical one is the same task
+    added, errors, renamed = catalog.add_upload(str(upload), owner="me")
+    assert catalog.get(sample.id, "me").ground_truth == sample.ground_truth  # untouched, even for the uploader
+    assert added == 2 and len(catalog) == before  # uploads are not loaded tasks
+    # the forged one beside it; the identical one is the same task
+    assert len(catalog.choices(owner="me")) == len(catalog.choices()) + 1
     (note,) = renamed
     assert errors == []
     assert note.startswith(f"mine.jsonl:1: id {sample.id!r} belongs to another task; added as ")
     new_id = note.rsplit(" ", 1)[1].strip("'")
-    assert catalog.get(new_id).ground_truth == forged["ground_truth"] and new_id != sample.id
+    assert catalog.get(new_id, "me").ground_truth == forged["ground_truth"] and new_id != sample.id
 
 
 def test_the_person_ends_a_session_at_any_round_and_the_latest_reply_is_scored(store):
