@@ -42,9 +42,12 @@ so an ordinary user gets the same layers as root:
   repository, task files and datasets are not visible at all. The only writable place is a
   size-capped tmpfs on ``/tmp`` (another path when the Python installation lives under
   ``/tmp``), the job's working directory, emptied after every job. Fallback: a fresh host temp
-  directory as scratch (deleted after the job, or by the evaluator when the server was killed;
-  only RLIMIT_FSIZE caps what it holds) and an audit hook refusing writes outside it (paths
-  resolved against a ``dir_fd`` where the call has one) and directory fds on anything else.
+  directory as scratch (deleted after the job, or by the evaluator when the server was killed),
+  measured by the server every ``DRAIN_INTERVAL_S`` (the job is killed once it holds more than
+  ``scratch_bytes`` or ``SCRATCH_ENTRIES``, files it unlinked but keeps open included, so the cap
+  holds to within what a job writes in one interval), and an audit hook refusing writes outside
+  it (paths resolved against a ``dir_fd`` where the call has one), directory fds on anything
+  else, and relative paths with ``..`` in an open (its event carries no ``dir_fd``).
 * processes -- every job is pid 1 of its own PID namespace: when it exits or is killed, the
   kernel kills everything it spawned, even processes that called ``setsid`` to escape a process
   group. As in a container started without an init, the job's ``getppid()`` is 0 (its parent is
@@ -141,7 +144,8 @@ ALLOW_WEAK_SANDBOX_ENV = "COLLAB_ALLOW_WEAK_SANDBOX"  # =1: run untrusted code e
 RESPONSE_GRACE_S = 10.0  # how much longer than a job's wall budget the evaluator waits for a server
 EXIT_DRAIN_S = 1.0  # after a job exits, how long to keep reading output its leftovers may write
 PARENT_POLL_S = 0.5  # how often an idle server checks that the evaluator still exists
-DRAIN_INTERVAL_S = 0.05  # how often a server empties a running job's pipes
+DRAIN_INTERVAL_S = 0.05  # how often a server empties a running job's pipes (and measures a host scratch)
+SCRATCH_ENTRIES = 4096  # files and directories a job's scratch may hold (the tmpfs's nr_inodes)
 ENCODE_BUDGET = 100_000  # per returned value: one unit per element, one per 32 chars of text
 MAX_ENCODE_DEPTH = 100
 MAX_INT_BITS = 1 << 20  # larger ints are refused (in and out of the job): arithmetic on them is slow
@@ -246,7 +250,7 @@ class SandboxRun:
     idle_budget_s: float | None = None
     exit_code: int | None = None  # the job's exit code, when it exited
     killed_by: int | None = None  # the signal that killed the job, when one did
-    timed_out: str | None = None  # "wall" or "idle" when the server killed the job
+    timed_out: str | None = None  # "wall", "idle" or "scratch" (audit mode) when the server killed the job
     output_truncated: bool = False
     malformed_messages: int = 0
     stderr: str = ""
@@ -266,6 +270,8 @@ class SandboxRun:
             return f"timed out (wall-clock budget {self.wall_budget_s:g} s)"
         if self.timed_out == "idle":
             return f"timed out (no progress for {self.idle_budget_s:g} s)"
+        if self.timed_out == "scratch":
+            return "killed: its scratch directory outgrew the cap (SandboxLimits.scratch_bytes, SCRATCH_ENTRIES)"
         if self.output_truncated:
             return "output limit exceeded"
         if self.killed_by is not None:
@@ -1311,7 +1317,7 @@ class _Server:
                 flags |= _MS_NODEV
             self.libc.mount(None, mount_point, None, flags)
         # The only writable place; mounted after the read-only pass, emptied after every job.
-        options = f"size={self.limits.scratch_bytes},nr_inodes=4096,mode=0700"
+        options = f"size={self.limits.scratch_bytes},nr_inodes={SCRATCH_ENTRIES},mode=0700"
         self.libc.mount("tmpfs", root + scratch, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, options)
         os.chroot(root)
         os.chdir("/")
@@ -1452,7 +1458,8 @@ class _Server:
             for fd in (payload_fd, result_w, err_w):
                 os.close(fd)
         try:
-            timed_out = self._watch(pid, result_r, err_r, deadline, idle_s, messages, errors)
+            host_scratch = None if self.fs_isolated else scratch  # a tmpfs caps itself
+            timed_out = self._watch(pid, result_r, err_r, deadline, idle_s, messages, errors, host_scratch)
             # With a PID namespace, its pid 1 (the job) is reported dead only once the kernel
             # has killed and reaped everything else in it: nothing of the job runs past this.
             _, status = os.waitpid(pid, 0)
@@ -1518,9 +1525,10 @@ class _Server:
         idle_s: float | None,
         messages: _PrivateBuffer,
         errors: _PrivateBuffer,
+        host_scratch: str | None = None,
     ) -> str | None:
         """Collect a job's output until it exits; SIGKILL it when a budget runs out. Returns
-        "wall" or "idle" when it did.
+        "wall", "idle" or "scratch" (``host_scratch`` outgrew the cap) when it did.
 
         The server wakes up when the job exits, at a deadline, or every ``DRAIN_INTERVAL_S`` to
         empty the pipes and note progress, not once per message: on a small machine every
@@ -1551,6 +1559,9 @@ class _Server:
                 errors.drain(err_r)
                 if exited:
                     break
+                if timed_out is None and host_scratch is not None and not self._scratch_within_cap(host_scratch, pid):
+                    timed_out = "scratch"
+                    self._kill(pid)
         finally:
             os.close(pidfd)
         if not self.pid_isolated:  # leftovers could still hold the pipes open
@@ -1564,6 +1575,34 @@ class _Server:
                 if buffer.drain(fd)[1]:
                     del pending[fd]
         return timed_out
+
+    def _scratch_within_cap(self, scratch: str, pid: int) -> bool:
+        """Whether a host scratch holds at most ``scratch_bytes`` in at most ``SCRATCH_ENTRIES``
+        entries, counting files the job unlinked but keeps open. A directory the server cannot
+        read (the job hid it) counts as over."""
+        used, entries, directories = 0, 0, [scratch]
+        try:
+            while directories:
+                with os.scandir(directories.pop()) as listing:
+                    for entry in listing:
+                        entries += 1
+                        used += entry.stat(follow_symlinks=False).st_blocks * 512
+                        if entry.is_dir(follow_symlinks=False):
+                            directories.append(entry.path)
+                if entries > SCRATCH_ENTRIES or used > self.limits.scratch_bytes:
+                    return False
+        except PermissionError:
+            return False
+        except FileNotFoundError:  # removed while we looked: counted at the next look
+            pass
+        with contextlib.suppress(OSError):  # the job may be gone (or not ours to inspect)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                path = f"/proc/{pid}/fd/{fd}"
+                with contextlib.suppress(OSError):
+                    target = os.readlink(path)
+                    if target.startswith(scratch + "/") and target.endswith(" (deleted)"):
+                        used += os.stat(path).st_blocks * 512
+        return used <= self.limits.scratch_bytes
 
     def _kill(self, pid: int) -> None:
         # pid is pid 1 of the job's namespace (its death takes the whole namespace down) or,
@@ -1770,6 +1809,10 @@ class _AuditGuard:
             return
         if event == "open":
             path, mode, flags = args
+            if isinstance(path, (str, bytes)) and _climbs(path):
+                # The kernel resolves it against a dir_fd this event does not carry (a scratch
+                # directory's fd and "../.." reach past the scratch), so no check here could.
+                raise PermissionError(f"sandbox: '..' in a relative path is not allowed here: {path!r}")
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & self._WRITE_FLAGS
             )
@@ -1827,6 +1870,12 @@ def _paths_of(event: str, args: tuple[Any, ...]) -> list[Any]:
         target = os.fsdecode(args[0])
         paths.append(target if os.path.isabs(target) else os.path.join(os.path.dirname(paths[0]), target))
     return paths
+
+
+def _climbs(path: str | bytes) -> bool:
+    """A relative path with a ``..`` component."""
+    text = os.fsdecode(path)
+    return not os.path.isabs(text) and ".." in text.split("/")
 
 
 def _is_directory(path: Any) -> bool:

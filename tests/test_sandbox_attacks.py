@@ -17,6 +17,7 @@ import signal
 import site
 import socket
 import sqlite3
+import tempfile
 import textwrap
 import threading
 import time
@@ -326,6 +327,28 @@ def test_a_file_created_through_a_dir_fd_lands_nowhere_outside_scratch(evaluator
         shutil.rmtree(directory)
 
 
+def test_a_file_created_through_a_scratch_dir_fd_and_dot_dot_lands_nowhere_outside_scratch(evaluator):
+    """Class 2/4: a directory fd on the scratch itself (which the audit fallback allows), the
+    working directory deep inside it, then ``os.open("../../...", dir_fd=fd)``: checked against the
+    working directory the path stays in scratch; the kernel resolves it from the fd, outside."""
+    directory = Path(tempfile.mkdtemp(prefix="collab-open-to-anyone-", dir="/tmp"))  # any uid can reach it
+    directory.chmod(0o777)
+    code = (
+        "depth = len(os.getcwd().strip('/').split('/'))\n"
+        "fd = os.open('.', os.O_RDONLY)\n"
+        "os.makedirs('/'.join(['d'] * depth))\n"
+        "os.chdir('/'.join(['d'] * depth))\n"
+        f"os.close(os.open('../' * depth + {str(directory).lstrip('/')!r} + '/planted', os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))\n"
+        "assert False, 'created it'"
+    )
+    try:
+        error = assert_only_test4_fails(evaluator, code)
+        assert "created it" not in error, error
+        assert list(directory.iterdir()) == []
+    finally:
+        shutil.rmtree(directory)
+
+
 # -- 6: disk ---------------------------------------------------------------------------------------
 
 
@@ -351,6 +374,41 @@ def test_writing_600_mib_into_scratch_fails_at_the_scratch_cap(kernel_evaluator)
     written, error = result.messages[0]
     assert error == "ENOSPC" and written <= sandbox.limits.scratch_bytes, result.messages
     assert run(sandbox, "import os; report(os.listdir('.'))").messages == [[]]
+
+
+FILL_A_HOST_SCRATCH = {
+    "600 MiB in 8 MiB files": """
+        chunk = b"x" * (1 << 20)
+        for n in range(600):
+            with open(f"part{n // 8}", "ab") as fh:  # below RLIMIT_FSIZE
+                fh.write(chunk)
+    """,
+    "files unlinked but kept open": """
+        kept = []
+        for n in range(12):  # 12 x 15 MiB, each file gone from the tree as soon as it is written
+            kept.append(open(f"hidden{n}", "wb"))
+            kept[-1].write(b"x" * (15 << 20))
+            kept[-1].flush()
+            os.unlink(f"hidden{n}")
+    """,
+    "5000 empty files": """
+        for n in range(5000):
+            open(f"empty{n}", "w").close()
+    """,
+}
+
+
+@pytest.mark.parametrize("attack", list(FILL_A_HOST_SCRATCH))
+def test_a_host_scratch_is_held_to_the_scratch_cap(attack):
+    """Class 6: in audit mode the scratch is a host directory: RLIMIT_FSIZE caps each file, and
+    the server kills a job whose scratch outgrows ``scratch_bytes`` or ``SCRATCH_ENTRIES``."""
+    with Sandbox(workers=1, mode="audit") as sandbox:
+        fill = textwrap.dedent(FILL_A_HOST_SCRATCH[attack])
+        result = run(sandbox, f"import os, time\nreport(os.getcwd())\n{fill}time.sleep(5)\nreport('kept it')\n", wall_s=60.0)
+        assert result.timed_out == "scratch" and len(result.messages) == 1, result  # killed before 'kept it'
+        assert "scratch directory outgrew the cap" in result.describe()
+        assert not os.path.exists(result.messages[0])  # and its scratch is gone
+        assert run(sandbox, "import os; report(os.listdir('.'))").messages == [[]]  # usable, fresh scratch
 
 
 @pytest.mark.parametrize("mode", ["auto", "audit"])
