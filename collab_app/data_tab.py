@@ -13,6 +13,7 @@ from collab_app.export import NO_PAIRS, export
 from collab_app.messages import agent_markdown
 from collab_app.notices import notice_box
 from simulators.preferences import preference_pairs
+from simulators.store import SESSION_MODES
 
 COLUMNS = ["session", "started", "kind", "mode", "human", "model", "status", "reward", "rating", "turns"]
 ANY = "any"
@@ -50,7 +51,7 @@ def replay(ctx: AppContext, session_id: str) -> tuple[list[dict], str]:
 def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
     with gr.Row():
         kind = gr.Dropdown([ANY, "backend", "frontend"], value=ANY, label="Kind")
-        mode = gr.Dropdown([ANY, "human", "simulator", "free", "compare"], value=ANY, label="Mode")
+        mode = gr.Dropdown([ANY, *SESSION_MODES], value=ANY, label="Mode")
         model = gr.Textbox(label="Model version", placeholder="any")
         min_reward = gr.Number(label="Minimum reward", value=None)
         refresh = gr.Button("Refresh", size="sm")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from simulators.preferences import preference_pairs
-from simulators.store import SessionStore
+from simulators.store import SESSION_MODES, SessionStore
 from simulators.tasks import write_episodes
 
 FORMATS = ("sweet", "trl", "hf")
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--format", choices=FORMATS, required=True, help="what to write (see above)")
     parser.add_argument("--out", required=True, help="output file (sweet, trl) or directory (hf)")
     parser.add_argument("--kind", choices=("backend", "frontend"), help="only sessions of this task kind")
-    parser.add_argument("--mode", choices=("human", "simulator", "free", "compare"), help="only this mode")
+    parser.add_argument("--mode", choices=SESSION_MODES, help="only this mode")
     args = parser.parse_args(argv)
     if args.db and not Path(args.db).is_file():
         parser.error(f"{args.db}: no such database")

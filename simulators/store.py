@@ -24,6 +24,10 @@ from simulators.domain import Episode, Task, Turn
 from simulators.paths import collab_home
 from simulators.tasks import task_from_row
 
+# What played a session: a person (human), the simulator, a person on a free-form task, a Compare
+# round's pair, or the Chat tab (no task, no score; its feedback still makes pairs).
+SESSION_MODES = ("human", "simulator", "free", "compare", "chat")
+
 MIGRATIONS: list[tuple[str, ...]] = [
     (  # version 1
         """CREATE TABLE sessions (

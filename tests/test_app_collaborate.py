@@ -13,6 +13,7 @@ import pytest
 from app_process import browser_page, running_app, start_task, wait_for_text
 from test_app_browser import ANSWER, QUESTION, TASK
 
+from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
 
 pytestmark = pytest.mark.slow
@@ -263,3 +264,38 @@ def test_chat_tab_retries_undoes_and_starts_over_in_one_click(tmp_path, tiny_mod
         assert page.locator("#chat-chatbot .message.user").count() == 1
         page.locator("#chat-clear").click()  # once
         page.wait_for_function("document.querySelectorAll('#chat-chatbot .message').length === 0")
+
+
+def test_chat_tab_stores_the_conversation_its_likes_and_retries_and_a_liked_retry_is_a_pair(tmp_path, tiny_model_dir):
+    db = tmp_path / "collab.sqlite"
+    store = SessionStore(db)
+
+    def chat_turns() -> list[tuple[str, str]]:
+        sessions = store.list_sessions(mode="chat")
+        return [(t["role"], t["content"]) for t in store.turns(sessions[0].id)] if sessions else []
+
+    with tiny_app(tmp_path, tiny_model_dir) as app, browser_page() as page:
+        page.goto(app.url, wait_until="load")
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#chat-input textarea").fill("hello")
+        page.locator("#chat-send").click()
+        first = wait_until(lambda: (turns := chat_turns()) and len(turns) == 2 and turns, "the first reply")
+        assert first[0] == ("human", "hello") and first[1][0] == "agent"
+        page.locator("#chat-chatbot button[aria-label='Retry']").click()  # a new reply to the same message
+        wait_until(lambda: [e["kind"] for e in store.feedback()] == ["regenerate"], "the retry")
+        page.locator("#chat-chatbot button[aria-label='Like']").last.click()
+        wait_until(lambda: [e["kind"] for e in store.feedback()] == ["regenerate", "like"], "the like")
+        retried = chat_turns()
+        assert len(retried) == 2 and retried[0] == ("human", "hello")  # the reply replaced, not appended
+        page.locator("#chat-clear").click()  # a new conversation: the next message opens a new session
+        page.wait_for_function("document.querySelectorAll('#chat-chatbot .message').length === 0")
+        page.locator("#chat-input textarea").fill("again")
+        page.locator("#chat-send").click()
+        wait_until(lambda: len(store.list_sessions(mode="chat")) == 2, "the second conversation")
+        page.locator("#chat-chatbot button[aria-label='Dislike']").last.wait_for()
+    regenerate, like = store.feedback()
+    assert (regenerate["turn_idx"], like["turn_idx"]) == (1, 1)
+    assert (regenerate["before"], regenerate["after"]) == (first[1][1], retried[1][1])
+    (pair,) = preference_pairs(store)
+    assert (pair.source, pair.chosen, pair.rejected) == ("regenerate+like", retried[1][1], first[1][1])
+    assert pair.prompt.startswith("<|im_start|>system\nYou are a helpful assistant") and "hello" in pair.prompt
