@@ -9,6 +9,8 @@ from collab_app.models import version_rows
 from collab_app.notices import notice_box, reports_to
 from collab_app.training_jobs import TrainRequest
 from simulators.registry import ModelRegistry, RegistryError
+from simulators.store import SESSION_MODES
+from training import ALGORITHMS
 from training.stats import MIN_TASKS, PairedDifference
 
 ANY = "any"
@@ -79,7 +81,8 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         with gr.Column():
             gr.Markdown("#### Data")
             kind = gr.Dropdown([ANY, "backend", "frontend"], value=ANY, label="Task kind")
-            mode = gr.Dropdown([ANY, "human", "simulator", "free", "compare"], value=ANY, label="Sessions played by")
+            scored_modes = [m for m in SESSION_MODES if m != "chat"]  # chat sessions have no score to train on
+            mode = gr.Dropdown([ANY, *scored_modes], value=ANY, label="Sessions played by")
             since = gr.Number(value=0, label="Only the last N days (0 = all)", minimum=0)
             minimum = gr.Number(value=4, label="Minimum number of scored sessions", precision=0, minimum=1)
             actor_pairs = gr.Checkbox(value=True, label="People's turn-level preferences (edits, liked "
@@ -87,7 +90,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
             critic_pairs = gr.Checkbox(value=False, label="…and supervise the critic (SWEET)")
         with gr.Column():
             gr.Markdown("#### Algorithm")
-            algorithm = gr.Radio([("SWEET-RL", "sweet"), ("Multi-turn DPO", "mtdpo"), ("Rejection fine-tuning", "rft")],
+            algorithm = gr.Radio([(name, key) for key, name in ALGORITHMS.items()],
                                  value="sweet", label="Algorithm", elem_id="train-algorithm")
             best_of_n = gr.Slider(2, 16, value=4, step=1, label="Best-of-N candidates per turn (SWEET)")
             critic_epochs = gr.Slider(1, 8, value=2, step=1, label="Critic epochs (SWEET)")

@@ -23,9 +23,9 @@ from pathlib import Path
 from simulators.paths import collab_home
 from simulators.store import SessionStore
 from simulators.tasks import write_episodes
+from training import ALGORITHMS
 from training.data import best_trajectories, store_preference_rows, trajectory_pairs
 
-ALGORITHMS = ("sweet", "mtdpo", "rft")
 EVALUATION_STAGES = ("eval_parent.jsonl", "eval_new.jsonl", "version.json")
 STAGES = {"sweet": ("critic", "actor", *EVALUATION_STAGES), "mtdpo": ("actor", *EVALUATION_STAGES),
           "rft": ("actor", *EVALUATION_STAGES)}  # what each algorithm's run writes, in order
@@ -39,7 +39,7 @@ class TrainRequest:
 
     algorithm: str = "sweet"
     kind: str = ""  # backend | frontend | "" (both)
-    mode: str = ""  # human | simulator | free | compare | "" (all)
+    mode: str = ""  # one of simulators.store.SESSION_MODES, or "" (all)
     since_days: float = 0.0  # only sessions of the last N days (0 = all)
     min_sessions: int = 4
     best_of_n: int = 4

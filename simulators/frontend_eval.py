@@ -9,7 +9,7 @@ Design metrics follow Design2Code (Si et al. 2024), computed from the DOM text b
 renderer reads in the same page visit (no OCR, no learned weights):
 
 * blocks are matched one-to-one by text similarity (difflib ratio) with a minimum-cost
-  assignment (Hungarian algorithm, implemented here), ties broken by distance; pairs with
+  assignment (Hungarian algorithm, scipy's), ties broken by distance; pairs with
   similarity below 0.5 are dropped, as in Design2Code;
 * ``block_match``: matched area / total area of all blocks of both pages (areas as fractions of
   each page), so missing and extra text both cost;
@@ -210,50 +210,15 @@ def describe_color(rgb: Sequence[int]) -> str:
 
 
 def min_cost_assignment(cost: np.ndarray) -> list[tuple[int, int]]:
-    """Minimum-cost one-to-one assignment of rows to columns (rectangular allowed): the
-    Hungarian algorithm with potentials (Kuhn-Munkres, shortest augmenting paths), O(n^2 m)."""
+    """Minimum-cost one-to-one assignment of rows to columns (rectangular allowed), as sorted
+    (row, column) pairs: scipy's Hungarian algorithm (``linear_sum_assignment``)."""
+    from scipy.optimize import linear_sum_assignment
+
     cost = np.asarray(cost, dtype=np.float64)
     if cost.size == 0:
         return []
-    transposed = cost.shape[0] > cost.shape[1]
-    if transposed:
-        cost = cost.T
-    n, m = cost.shape
-    row_potential = np.zeros(n + 1)
-    col_potential = np.zeros(m + 1)
-    row_of_col = np.zeros(m + 1, dtype=np.int64)  # 1-based row assigned to each column; 0 = none
-    previous_col = np.zeros(m + 1, dtype=np.int64)
-    for row in range(1, n + 1):
-        row_of_col[0] = row
-        col = 0
-        min_slack = np.full(m + 1, np.inf)
-        visited = np.zeros(m + 1, dtype=bool)
-        while True:  # grow a shortest augmenting path from `row` until it reaches a free column
-            visited[col] = True
-            current_row = row_of_col[col]
-            slack = cost[current_row - 1] - row_potential[current_row] - col_potential[1:]
-            open_cols = ~visited[1:]
-            better = open_cols & (slack < min_slack[1:])
-            min_slack[1:][better] = slack[better]
-            previous_col[1:][better] = col
-            candidates = np.where(open_cols, min_slack[1:], np.inf)
-            next_col = int(np.argmin(candidates)) + 1
-            delta = candidates[next_col - 1]
-            visited_cols = np.flatnonzero(visited)
-            row_potential[row_of_col[visited_cols]] += delta
-            col_potential[visited_cols] -= delta
-            min_slack[1:][open_cols] -= delta
-            col = next_col
-            if row_of_col[col] == 0:
-                break
-        while col:  # flip the path
-            prev = previous_col[col]
-            row_of_col[col] = row_of_col[prev]
-            col = prev
-    pairs = [(int(row_of_col[c]) - 1, c - 1) for c in range(1, m + 1) if row_of_col[c]]
-    if transposed:
-        pairs = [(c, r) for r, c in pairs]
-    return sorted(pairs)
+    rows, cols = linear_sum_assignment(cost)
+    return sorted(zip(rows.tolist(), cols.tolist()))
 
 
 def text_similarity(a: str, b: str) -> float:

@@ -12,3 +12,6 @@
 
 Run ``python -m training --help``; docs/TRAINING.md explains each command.
 """
+
+# What ``training loop`` (and so the app's Train tab) can run: SWEET-RL and the paper's two baselines.
+ALGORITHMS = {"sweet": "SWEET-RL", "mtdpo": "Multi-turn DPO", "rft": "Rejection fine-tuning"}

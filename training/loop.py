@@ -26,6 +26,7 @@ from simulators.domain import MAX_ROUNDS
 from simulators.llm import load_model
 from simulators.registry import ModelRegistry
 from simulators.tasks import load_episodes, read_task_file
+from training import ALGORITHMS
 from training.actor import ActorConfig, train_actor
 from training.baselines import MTDPOConfig, RFTConfig, train_mtdpo, train_rft
 from training.critic import CriticConfig, train_critic
@@ -33,8 +34,6 @@ from training.data import DataOptions, data_snapshot, read_episodes
 from training.engine import base_spec
 from training.evaluate import EvaluateConfig, check_simulator_vision, run_evaluation, win_rate
 from training.stats import MIN_TASKS, compare_episodes, gate
-
-ALGORITHMS = ("sweet", "mtdpo", "rft")
 
 
 @dataclass
