@@ -129,7 +129,11 @@ def worker_critic_trl(args) -> dict:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
+
+    try:
+        from trl import DPOConfig, DPOTrainer
+    except ImportError as exc:
+        raise SystemExit("the TRL comparison needs TRL: .venv/bin/pip install -e '.[bench]'") from exc
 
     from simulators.llm.default_model import ensure_default_model
 
