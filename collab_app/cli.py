@@ -47,6 +47,9 @@ class AppConfig:
     max_message_chars: int = field(default=20_000, metadata={
         "help": "longest message a person may send; longer ones are refused with a notice"})
     max_new_tokens: int = field(default=512, metadata={"help": "longest agent reply, in tokens"})
+    arena_models: str = field(default="", metadata={
+        "help": "comma-separated model specs the Compare tab's blind arena draws its pairs from; empty = "
+                "the model registry's versions plus --base"})
 
     def credentials(self) -> list[tuple[str, str]]:
         """Parse --auth and --auth-file into (user, password) pairs; raise ValueError on bad lines."""

@@ -1,14 +1,16 @@
 """Compare tab: two anonymous models side by side, a vote after every round, names revealed at the end.
 
-Thin handlers around ``Comparison`` (the rules, in ``collab_app.comparison``). Model A is always
-the left pane and position ``a`` of the stored votes; the names never reach the page before the
-final vote.
+Thin handlers around ``Comparison`` (the rules, in ``collab_app.comparison``). By default the pair
+is a blind draw from the arena's pool (``collab_app.arena``); developers may choose both models
+instead, and those votes are marked as not blind. Model A is always the left pane and position
+``a`` of the stored votes; the names never reach the page before the final vote.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
+from collab_app.arena import arena_pool, blind_battles, draw_pair
 from collab_app.comparison import POSITIONS, Comparison, Side
 from collab_app.context import AppContext
 from collab_app.messages import agent_markdown
@@ -17,7 +19,10 @@ from collab_app.session import SessionError
 from simulators.domain import MAX_ROUNDS
 from simulators.llm.base import ModelError
 
-NO_COMPARISON = "Pick a task and two models, then press **Start comparison**."
+NO_COMPARISON = "Pick a task, then press **Start comparison**: the arena draws two models for you."
+ARENA, CHOOSE = "arena", "choose"
+HOW_CHOICES = [("Blind arena: the app draws two models from its pool", ARENA),
+               ("Choose two models (for developers: not blind, so the Leaderboard leaves these votes out)", CHOOSE)]
 VOTE_BUTTONS = (("a", "← A is better"), ("tie", "Tie"), ("both_bad", "Both are bad"), ("b", "B is better →"))
 SAME_MODEL_NOTE = ("Both specs serve the same model: its replies are sampled (each side with its own seed) so "
                    "they differ, but the Leaderboard leaves these votes out: a model cannot be rated against itself.")
@@ -76,7 +81,12 @@ def result_markdown(comparison: Comparison | None) -> str:
              "| | Model A | Model B |", "|---|---|---|",
              f"| model | `{a.name}` | `{b.name}` |",
              f"| rounds won | {won['a']} | {won['b']} |",
-             f"| final answer | {score_cell(a, comparison)} | {score_cell(b, comparison)} |"]
+             f"| final answer | {score_cell(a, comparison)} | {score_cell(b, comparison)} |", ""]
+    lines.append("A blind battle: the Leaderboard counts it." if comparison.blind else
+                 "You chose these models, so this was not blind: the Leaderboard leaves these votes out.")
+    if comparison.identity_leaks:
+        named = " and ".join(f"Model {p.upper()}" for p in sorted(comparison.identity_leaks))
+        lines.append(f"{named} named itself in a reply: the votes are kept and marked as such.")
     return "\n".join(lines)
 
 
@@ -102,15 +112,17 @@ def build_compare_tab(ctx: AppContext) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("### Compare two models\nThey are shown as **A** and **B** in random order; "
-                        "you learn which is which after your final vote.")
+                        "you learn which models they are after your final vote.")
             with gr.Accordion("Set up a comparison", open=True) as setup:
                 kind = gr.Radio(["any", "backend", "frontend"], value="any", label="Kind")
                 task_pick = gr.Dropdown(ctx.catalog.choices(), label="Task", elem_id="compare-task", value=None)
                 random_btn = gr.Button("Random task", size="sm")
-                spec_help = "'default', a local model directory, registry:VERSION or openai:BASE_URL#MODEL"
-                first_spec = gr.Textbox(label="Model 1", value=ctx.config.model, info=spec_help, max_lines=1,
-                                        elem_id="compare-model-1")
-                second_spec = gr.Textbox(label="Model 2", info=spec_help, max_lines=1, elem_id="compare-model-2")
+                how = gr.Radio(HOW_CHOICES, value=ARENA, label="Models", elem_id="compare-how")
+                with gr.Group(visible=False) as choose_box:
+                    spec_help = "'default', a local model directory, registry:VERSION or openai:BASE_URL#MODEL"
+                    first_spec = gr.Textbox(label="Model 1", value=ctx.config.model, info=spec_help, max_lines=1,
+                                            elem_id="compare-model-1")
+                    second_spec = gr.Textbox(label="Model 2", info=spec_help, max_lines=1, elem_id="compare-model-2")
                 name = gr.Textbox(label="Your name (recorded with the votes)", value="anonymous", max_lines=1)
             start_btn = gr.Button("Start comparison", variant="primary", elem_id="compare-start")
             with gr.Accordion("You are the human: what you know", open=True):
@@ -169,14 +181,21 @@ def build_compare_tab(ctx: AppContext) -> None:
                textbox, send_btn, end_btn, retry_btn, result, notice]
 
     @reported
-    def start(task_id, spec_1, spec_2, person, comparison, request: gr.Request):
+    def start(task_id, how_chosen, spec_1, spec_2, person, comparison, request: gr.Request):
         if not task_id:
             raise gr.Error("Pick a task first (or press Random task).")
-        specs = [(spec_1 or "").strip(), (spec_2 or "").strip()]
-        if not all(specs):
-            raise gr.Error("Name both models to compare.")
-        if specs[0] == specs[1]:
-            raise gr.Error("Pick two different models.")
+        if how_chosen == ARENA:
+            pool = arena_pool(ctx.config.arena_models, ctx.config.base)
+            if len(pool) < 2:
+                raise gr.Error(f"The arena's pool holds {len(pool)} model(s): start the app with "
+                               "--arena-models SPEC,SPEC,…, train a version in the Train tab, or choose two models.")
+            specs = list(draw_pair(pool, blind_battles(ctx.store)))
+        else:
+            specs = [(spec_1 or "").strip(), (spec_2 or "").strip()]
+            if not all(specs):
+                raise gr.Error("Name both models to compare.")
+            if specs[0] == specs[1]:
+                raise gr.Error("Pick two different models.")
         task = ctx.catalog.get(task_id, request.session_hash)  # a loaded task or this session's upload
         try:
             models = [ctx.model_slot(spec).get() for spec in specs]
@@ -185,6 +204,7 @@ def build_compare_tab(ctx: AppContext) -> None:
         if comparison is not None:
             comparison.abandon()
         comparison = Comparison(task, ctx.store, *models, human_name=f"person:{person or 'anonymous'}",
+                                blind=how_chosen == ARENA, specs=tuple(specs),
                                 max_new_tokens=ctx.config.max_new_tokens,
                                 renderer=ctx.renderer if task.kind == "frontend" else None)
         reference = ctx.reference_image(task) if task.kind == "frontend" else None
@@ -251,7 +271,8 @@ def build_compare_tab(ctx: AppContext) -> None:
 
     # Events that make the models reply stream the round themselves (no chained step): a refusal
     # is a notice, not an exception, so a chain could not tell it from success.
-    start_btn.click(start, [task_pick, first_spec, second_spec, name, comparison_state],
+    how.change(lambda chosen: gr.update(visible=chosen == CHOOSE), how, choose_box)
+    start_btn.click(start, [task_pick, how, first_spec, second_spec, name, comparison_state],
                     [*outputs, problem, reference_code, reference_image, setup])
     for button, (verdict, _) in zip(vote_buttons, VOTE_BUTTONS):
         button.click(lambda c, v=verdict: vote(v, c), comparison_state, outputs)

@@ -23,10 +23,15 @@ matches the dialogue before it. In the final round each side keeps its own reply
 its session is scored on. Votes are feedback of kind ``vote`` on side ``a``'s session:
 
 * round vote: ``{compare_id, round, final: false, winner, model_a, model_b, session_a, session_b,
-  prompt, prompt_a, prompt_b, a, b}``; ``a``/``b`` are the two replies, ``prompt_a``/``prompt_b``
-  the sides' exact prompts, ``prompt`` the shared one (identical when both models share a chat
-  template; otherwise the carried side's);
-* final vote: ``{compare_id, round, final: true, winner, model_a, model_b, session_a, session_b}``.
+  blind, specs, identity_leak, prompt, prompt_a, prompt_b, a, b}``; ``a``/``b`` are the two
+  replies, ``prompt_a``/``prompt_b`` the sides' exact prompts, ``prompt`` the shared one (identical
+  when both models share a chat template; otherwise the carried side's);
+* final vote: ``{compare_id, round, final: true, winner, model_a, model_b, session_a, session_b,
+  blind, specs, identity_leak}``.
+
+``blind``: the arena drew the pair (``collab_app.arena``), the person never named the models;
+``specs``: the two specs compared, sorted; ``identity_leak``: the positions whose reply named its
+own model (in that round; for the final vote, in any round).
 
 ``winner`` always names a stored position (``a`` = ``model_a``), never a screen side.
 """
@@ -42,6 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from collab_app.arena import names_itself
 from collab_app.session import RESAMPLE_TEMPERATURE, SessionError, fresh_seed
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
 from simulators.humans import agent_messages
@@ -112,12 +118,15 @@ class Comparison:
     temperature: float = 0.0
     renderer: object | None = None  # simulators.render.Renderer, for frontend tasks
     rng: random.Random = field(default_factory=random.Random)
+    blind: bool = False  # the arena drew the pair: the person never saw the specs
+    specs: tuple[str, ...] = ()  # the specs the two models were loaded from
     compare_id: str = field(init=False)
     sides: dict[str, Side] = field(init=False)
     history: list[Turn] = field(init=False)  # the shared dialogue
     history_renders: dict[int, str] = field(default_factory=dict, init=False)  # turn index -> screenshot
     pending: dict[str, Reply] | None = field(default=None, init=False)  # this round's replies, before the vote
     round_votes: list[str] = field(default_factory=list, init=False)
+    identity_leaks: set[str] = field(default_factory=set, init=False)  # positions that named their model
     final_verdict: str | None = field(default=None, init=False)
     end_reason: str | None = field(default=None, init=False)
     cancel: threading.Event = field(default_factory=threading.Event, init=False)
@@ -286,7 +295,10 @@ class Comparison:
         prompts = {p: r.turn.input for p, r in replies.items()}
         carried = carried_position(winner)
         index = len(self.history)  # the replies' turn index, the same in both sessions
+        leaks = [p for p in POSITIONS if names_itself(replies[p].turn.content, self.sides[p].name)]
+        self.identity_leaks.update(leaks)
         self._record_vote(winner, final=False, turn_idx=index, extra={
+            "identity_leak": leaks,
             "prompt": prompts["a"] if prompts["a"] == prompts["b"] else prompts[carried],
             "prompt_a": prompts["a"], "prompt_b": prompts["b"],
             "a": replies["a"].turn.content, "b": replies["b"].turn.content})
@@ -323,7 +335,7 @@ class Comparison:
         if self.stage != "final_vote":
             raise SessionError(self._not_now())
         _check_verdict(winner)
-        self._record_vote(winner, final=True, turn_idx=None, extra={})
+        self._record_vote(winner, final=True, turn_idx=None, extra={"identity_leak": sorted(self.identity_leaks)})
         self.final_verdict = winner
         self._score()
 
@@ -340,7 +352,7 @@ class Comparison:
         a, b = self.sides["a"], self.sides["b"]
         payload = {"compare_id": self.compare_id, "round": self.rounds, "final": final, "winner": winner,
                    "model_a": a.name, "model_b": b.name, "session_a": a.session_id, "session_b": b.session_id,
-                   **extra}
+                   "blind": self.blind, "specs": sorted(self.specs), **extra}
         self.store.add_feedback(a.session_id, "vote", turn_idx=turn_idx, payload=payload)
 
     def _end_rounds(self, reason: str) -> None:

@@ -1,15 +1,23 @@
 """Leaderboard: Bradley–Terry ratings from the Compare tab's votes, beside automatic ColBench scores.
 
-    python -m collab_app leaderboard --db PATH [--votes final|round|all] [--rollouts FILE]... [--plot PNG]
+    python -m collab_app leaderboard --db PATH [--votes final|round|all] [--include-unblind]
+                                     [--rollouts FILE]... [--plot PNG]
 
 Ratings are computed as chat arenas compute them: a Bradley–Terry model, P(i beats j) =
 1 / (1 + 10^((R_j - R_i) / 400)), fitted to all votes at once by maximum likelihood (logistic
 regression on the rating differences, solved with Newton's method in numpy) and put on the Elo
-scale anchored at a mean of 1000. A tie counts half a win for each side; "both bad" counts as a
-tie too, as in Chatbot Arena (neither reply was preferred). A weak Gaussian prior on the ratings
-(``L2``) keeps a model that never lost finite. 95% confidence intervals come from the bootstrap:
-the votes are resampled with replacement, the ratings refitted, and the 2.5th and 97.5th
+scale anchored at a mean of 1000. The battles are first collapsed into their unique outcomes
+(model a, model b, score) with counts as weights, so a fit costs the same for 10 votes or 10^5. A
+tie counts half a win for each side; "both bad" counts as a tie too, as in Chatbot Arena (neither
+reply was preferred). A weak Gaussian prior on the ratings (``L2``) keeps a model that never lost
+finite. 95% confidence intervals come from the bootstrap: the votes are resampled with replacement
+(a multinomial draw of the unique outcomes' counts), the ratings refitted, and the 2.5th and 97.5th
 percentiles taken (a model absent from a resample has no rating in it).
+
+Only blind votes are rated by default: the arena's (the Compare tab drew the pair from the pool,
+the person never saw the names before the final vote). Votes of the developers' "choose two
+models" mode (the person typed both specs) are left out, and the note says how many
+(``--include-unblind`` counts them).
 
 Which votes: ``final`` (default) — one overall vote per comparison, like an arena battle;
 ``round`` — one vote per round (more data, but the rounds of one comparison are not independent);
@@ -53,8 +61,9 @@ class Battle:
     winner: str
 
 
-def stored_battles(store: SessionStore, votes: str = "final") -> list[Battle]:
-    """The Compare tab's votes (feedback of kind ``vote`` with two named models)."""
+def stored_battles(store: SessionStore, votes: str = "final", include_unblind: bool = False) -> list[Battle]:
+    """The Compare tab's votes (feedback of kind ``vote`` with two named models); blind ones only
+    (the arena's) unless ``include_unblind``."""
     if votes not in VOTE_SETS:
         raise ValueError(f"votes must be one of {', '.join(VOTE_SETS)}, not {votes!r}")
     battles = []
@@ -62,27 +71,32 @@ def stored_battles(store: SessionStore, votes: str = "final") -> list[Battle]:
         payload = event["payload"]
         if event["kind"] != "vote" or not payload.get("model_a") or not payload.get("model_b"):
             continue
-        if payload.get("winner") not in SCORE_OF_WINNER:
+        if payload.get("winner") not in SCORE_OF_WINNER or not (include_unblind or payload.get("blind")):
             continue
         if votes == "all" or bool(payload.get("final")) == (votes == "final"):
             battles.append(Battle(payload["model_a"], payload["model_b"], payload["winner"]))
     return battles
 
 
-def left_out_note(store: SessionStore, votes: str = "final") -> str:
-    """Why stored votes are not in the ratings, said rather than dropped silently: a model
-    compared with itself (two specs serving one version), and the votes of the other set."""
-    chosen = stored_battles(store, votes)
+def left_out_note(store: SessionStore, votes: str = "final", include_unblind: bool = False) -> str:
+    """Why stored votes are not in the ratings, said rather than dropped silently: votes that
+    were not blind, a model compared with itself (two specs serving one version), and the votes
+    of the other set."""
+    chosen = stored_battles(store, votes, include_unblind)
     with_itself = [b for b in chosen if b.model_a == b.model_b]
     lines = []
     if len(chosen) == len(with_itself):
-        lines.append("No votes to rate yet: compare two different models in the Compare tab.")
+        lines.append("No votes to rate yet: play a blind battle in the Compare tab's arena.")
+    unblind = len(stored_battles(store, votes, include_unblind=True)) - len(stored_battles(store, votes))
+    if unblind and not include_unblind:
+        lines.append(f"{unblind} vote(s) of the “choose two models” mode left out: the person knew which two "
+                     "models they compared. Tick “Include votes that were not blind” to count them.")
     if with_itself:
         models = ", ".join(f"`{m}`" for m in sorted({b.model_a for b in with_itself}))
         lines.append(f"{len(with_itself)} vote(s) left out: they compare a model with itself ({models}), which says "
                      "nothing about its rating. Two specs can serve the same model (`default` and `current` before "
                      "any promotion).")
-    others = len(stored_battles(store, "all")) - len(chosen)
+    others = len(stored_battles(store, "all", include_unblind)) - len(chosen)
     if others:
         lines.append(f"{others} {'round' if votes == 'final' else 'final'} vote(s) are not counted in this view; "
                      "choose “All votes” to include them.")
@@ -90,29 +104,35 @@ def left_out_note(store: SessionStore, votes: str = "final") -> str:
 
 
 # -- Bradley–Terry --------------------------------------------------------------------------------
-def _encode(battles: Sequence[Battle], models: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index arrays of the two sides and model a's score; a model against itself says nothing."""
+def _encode(battles: Sequence[Battle], models: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """The unique outcomes: index arrays of the two sides, model a's score, and how many battles
+    had that outcome (the weight). A model against itself says nothing."""
     index = {m: k for k, m in enumerate(models)}
-    kept = [b for b in battles if b.model_a != b.model_b]
-    first = np.array([index[b.model_a] for b in kept], dtype=np.int64)
-    second = np.array([index[b.model_b] for b in kept], dtype=np.int64)
-    score = np.array([SCORE_OF_WINNER[b.winner] for b in kept], dtype=float)
-    return first, second, score
+    outcomes: dict[tuple[int, int, float], int] = {}
+    for b in battles:
+        if b.model_a != b.model_b:
+            key = (index[b.model_a], index[b.model_b], SCORE_OF_WINNER[b.winner])
+            outcomes[key] = outcomes.get(key, 0) + 1
+    first = np.array([a for a, _, _ in outcomes], dtype=np.int64)
+    second = np.array([b for _, b, _ in outcomes], dtype=np.int64)
+    score = np.array([s for _, _, s in outcomes], dtype=float)
+    return first, second, score, np.array(list(outcomes.values()), dtype=float)
 
 
-def _fit_strengths(first: np.ndarray, second: np.ndarray, score: np.ndarray, n_models: int,
+def _fit_strengths(first: np.ndarray, second: np.ndarray, score: np.ndarray, count: np.ndarray, n_models: int,
                    l2: float = L2) -> np.ndarray:
-    """Maximum a-posteriori log-strengths (natural-log odds scale) by damped Newton steps.
+    """Maximum a-posteriori log-strengths (natural-log odds scale) by damped Newton steps, each
+    unique outcome weighted by its ``count``.
 
     The penalised log-likelihood is strictly concave, so Newton's method converges; steps are
     capped at 2 logits so a nearly separable start cannot overshoot."""
     theta = np.zeros(n_models)
     for _ in range(100):
         p = 1.0 / (1.0 + np.exp(theta[second] - theta[first]))  # P(first beats second)
-        residual = score - p
+        residual = count * (score - p)
         gradient = (np.bincount(first, residual, n_models) - np.bincount(second, residual, n_models)
                     - l2 * theta)
-        weight = p * (1.0 - p)
+        weight = count * p * (1.0 - p)
         # Negative Hessian: a weighted graph Laplacian of the battles, plus the prior.
         curvature = np.diag(np.bincount(first, weight, n_models) + np.bincount(second, weight, n_models) + l2)
         np.add.at(curvature, (first, second), -weight)
@@ -139,20 +159,22 @@ def fit_ratings(battles: Sequence[Battle], l2: float = L2) -> dict[str, float]:
 
 def bootstrap_intervals(battles: Sequence[Battle], rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
                         l2: float = L2) -> dict[str, tuple[float, float]]:
-    """95% percentile intervals of each rating over ``rounds`` resamples of the votes."""
+    """95% percentile intervals of each rating over ``rounds`` resamples of the votes (each a
+    multinomial draw of the unique outcomes' counts: resampling the votes with replacement)."""
     models = _models_of(battles)
     if not models or rounds <= 0:
         return {}
-    first, second, score = _encode(battles, models)
+    first, second, score, count = _encode(battles, models)
     rng = np.random.default_rng(seed)
     samples = np.full((rounds, len(models)), np.nan)
     for r in range(rounds):
-        pick = rng.integers(0, len(score), len(score))
+        drawn = rng.multinomial(int(count.sum()), count / count.sum()).astype(float)
+        pick = drawn > 0
         present = np.unique(np.concatenate([first[pick], second[pick]]))
         # Refit on the models present, so an absent one neither anchors nor skews the mean.
         remap = np.full(len(models), -1)
         remap[present] = np.arange(len(present))
-        theta = _fit_strengths(remap[first[pick]], remap[second[pick]], score[pick], len(present), l2)
+        theta = _fit_strengths(remap[first[pick]], remap[second[pick]], score[pick], drawn[pick], len(present), l2)
         samples[r, present] = _to_elo(theta)
     lower, upper = np.nanpercentile(samples, [2.5, 97.5], axis=0)
     return {m: (float(lo), float(hi)) for m, lo, hi in zip(models, lower, upper)}
@@ -189,11 +211,12 @@ def _score_summary(episodes: Sequence[Episode]) -> tuple[int, float | None, floa
 
 
 def leaderboard(store: SessionStore, *, votes: str = "final", rollout_files: Sequence[str | Path] = (),
-                bootstrap_rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> list[LeaderboardRow]:
+                bootstrap_rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
+                include_unblind: bool = False) -> list[LeaderboardRow]:
     """Every model that was voted on, scored in the store or rolled out, best rating first."""
     from simulators.tasks import load_episodes
 
-    battles = stored_battles(store, votes)
+    battles = stored_battles(store, votes, include_unblind)
     ratings = fit_ratings(battles)
     intervals = bootstrap_intervals(battles, bootstrap_rounds, seed)
     rows: dict[str, LeaderboardRow] = {}
@@ -296,7 +319,7 @@ def ratings_figure(rows: Sequence[LeaderboardRow]):
     figure = Figure(figsize=(7, 0.6 * len(rated) + 1.4), layout="constrained")
     axes = figure.subplots()
     if not rated:
-        axes.text(0.5, 0.5, "No votes yet: compare two models in the Compare tab.", ha="center", va="center")
+        axes.text(0.5, 0.5, "No votes yet: play a blind battle in the Compare tab.", ha="center", va="center")
         axes.set_axis_off()
         return figure
     ratings = np.array([r.rating for r in rated])
@@ -320,6 +343,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--db", default="", help="session database (default: $COLLAB_HOME/collab.sqlite)")
     parser.add_argument("--votes", choices=VOTE_SETS, default="final",
                         help="final: one overall vote per comparison (default); round: one per round; all: both")
+    parser.add_argument("--include-unblind", action="store_true",
+                        help="also rate the votes of the Compare tab's 'choose two models' mode (not blind)")
     parser.add_argument("--rollouts", action="append", default=[], metavar="FILE",
                         help="held-out rollout JSONL (sweet_rl layout) to score each model on; repeatable")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_ROUNDS, help="bootstrap resamples (0 = no CI)")
@@ -333,12 +358,12 @@ def main(argv: list[str]) -> int:
         if not Path(path).is_file():
             parser.error(f"{path}: no such rollout file")
     rows = leaderboard(SessionStore(args.db or None), votes=args.votes, rollout_files=args.rollouts,
-                       bootstrap_rounds=args.bootstrap, seed=args.seed)
+                       bootstrap_rounds=args.bootstrap, seed=args.seed, include_unblind=args.include_unblind)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:
         print(format_table(rows) if rows else "No votes or scored sessions yet.")
-        note = left_out_note(SessionStore(args.db or None), args.votes)
+        note = left_out_note(SessionStore(args.db or None), args.votes, args.include_unblind)
         if note and rows:
             print("\n" + note)
     if args.plot:

@@ -200,3 +200,24 @@ def test_a_frontend_comparison_renders_both_pages_and_scores_them(store):
     assert good_scores["design"] == pytest.approx(1.0) and bad_scores["design"] < 0.9
     assert "clip" not in good_scores and good_scores["clip_unavailable"]  # no CLIP weights offline
     assert comparison.sides[g].reward == good_scores["design"]
+
+
+def test_a_reply_that_names_its_model_is_kept_and_its_votes_are_marked(store):
+    """Issue 14: anonymity. A model that names itself is shown as is, and every vote after it says so."""
+    talker = ScriptedModel(["Hi, I am SmolLM, made by Hugging Face. Negative numbers too?", "Tell me more."],
+                           name="SmolLM2-135M-Instruct")
+    quiet = ScriptedModel(["Should negative numbers count?", "And zero?"], name="/models/other-7b")
+    comparison = Comparison(TASK, store, talker, quiet, blind=True, specs=("talker-spec", "quiet-spec"),
+                            rng=random.Random(0))
+    play_round(comparison)
+    comparison.vote("tie")
+    comparison.human_says("Yes.")
+    play_round(comparison)
+    comparison.vote("a")
+    comparison.end()
+    comparison.vote_final("b")
+    talking = position_of(comparison, "SmolLM2-135M-Instruct")
+    votes = [e["payload"] for e in store.feedback() if e["kind"] == "vote"]
+    assert [v["identity_leak"] for v in votes] == [[talking], [], [talking]]  # that round; then any round
+    assert all(v["blind"] and v["specs"] == ["quiet-spec", "talker-spec"] for v in votes)
+    assert "SmolLM" in comparison.sides[talking].replies[0].turn.content  # shown as it is

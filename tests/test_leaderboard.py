@@ -18,6 +18,7 @@ from collab_app.leaderboard import (
     fit_ratings,
     format_table,
     leaderboard,
+    left_out_note,
     ratings_figure,
     stored_battles,
 )
@@ -69,10 +70,11 @@ def test_fewer_votes_give_wider_intervals_and_ties_count_half():
     assert fit_ratings([Battle("x", "x", "a")]) == {}  # a model against itself tells nothing
 
 
-def compare_vote(store: SessionStore, model_a: str, model_b: str, winner: str, final: bool) -> None:
+def compare_vote(store: SessionStore, model_a: str, model_b: str, winner: str, final: bool,
+                 blind: bool = True) -> None:
     session = store.create_session(TASK, mode="compare", human="person:t", model_version=model_a)
     store.add_feedback(session, "vote", payload={"final": final, "winner": winner, "model_a": model_a,
-                                                 "model_b": model_b})
+                                                 "model_b": model_b, "blind": blind})
 
 
 def scored_session(store: SessionStore, model: str, reward: float, success: bool) -> None:
@@ -143,3 +145,33 @@ def test_cli_prints_the_table_and_saves_the_plot(tmp_path):
     as_json = subprocess.run([sys.executable, "-m", "collab_app", "leaderboard", "--db", str(db), "--json",
                               "--bootstrap", "0"], cwd=REPO, capture_output=True, text=True, check=True, env=env)
     assert [r["model"] for r in json.loads(as_json.stdout)] == ["model-two", "model-one"]
+
+
+def test_collapsed_outcomes_fit_as_the_votes_do_and_a_large_arena_is_fast():
+    """4,000 votes of one pair are two unique outcomes: the rating gap is the closed form
+    400 log10(wins / losses) (the weak prior moves it by well under a point)."""
+    import time
+
+    battles = [Battle("x", "y", "a")] * 3000 + [Battle("y", "x", "a")] * 1000
+    ratings = fit_ratings(battles)
+    assert abs((ratings["x"] - ratings["y"]) - 400 * math.log10(3)) < 1.0
+    many = synthetic_battles(100_000, seed=3)
+    started = time.perf_counter()
+    intervals = bootstrap_intervals(many, rounds=200, seed=0)
+    assert time.perf_counter() - started < 20  # one fit per resample of at most 12 unique outcomes
+    assert all(lower < TRUE_RATINGS[m] < upper for m, (lower, upper) in intervals.items())
+
+
+def test_votes_that_were_not_blind_are_left_out_unless_asked_for_and_the_note_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
+    store = SessionStore(tmp_path / "db.sqlite")
+    compare_vote(store, "v2", "v1", "a", final=True)  # an arena battle
+    for _ in range(3):
+        compare_vote(store, "v1", "v2", "a", final=True, blind=False)  # the person chose both models
+    assert len(stored_battles(store)) == 1 and len(stored_battles(store, include_unblind=True)) == 4
+    blind = {r.model: r for r in leaderboard(store, bootstrap_rounds=10)}
+    assert (blind["v2"].wins, blind["v2"].battles) == (1, 1)
+    everything = {r.model: r for r in leaderboard(store, bootstrap_rounds=10, include_unblind=True)}
+    assert (everything["v1"].wins, everything["v1"].battles) == (3, 4)
+    assert "3 vote(s) of the “choose two models” mode left out" in left_out_note(store)
+    assert "choose two models" not in left_out_note(store, include_unblind=True)
