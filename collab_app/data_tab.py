@@ -62,7 +62,9 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
             replay_chat = gr.Chatbot(label="Replay", height=420)
         with gr.Column(scale=1):
             summary = gr.Markdown()
-            fmt = gr.Radio([("sweet_rl JSONL", "sweet"), ("TRL preference pairs", "trl"), ("HF dataset (zip)", "hf")],
+            fmt = gr.Radio([("sweet_rl JSONL", "sweet"), ("TRL preference pairs", "trl"),
+                            ("TRL conversational pairs (messages)", "trl-conversational"),
+                            ("HF dataset (zip)", "hf")],
                            value="sweet", label="Export format")
             export_btn = gr.Button("Export", elem_id="export")
             export_note = notice_box("export-note")
@@ -81,12 +83,13 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
         """The export as a download, and a line saying what it holds (or why there is none)."""
         out_dir = Path(tempfile.mkdtemp(prefix="collab-export-"))
         filters = {"kind": None if kind_value == ANY else kind_value, "mode": None if mode_value == ANY else mode_value}
-        if fmt_value == "trl":
+        if fmt_value in ("trl", "trl-conversational"):
             path = out_dir / "preferences.jsonl"
-            count = export(ctx.store, "trl", path)
+            count = export(ctx.store, fmt_value, path)
             if not count:
                 return None, f"{NO_PAIRS} Nothing to download."
-            return str(path), f"Exported {count} preference pair(s) (TRL prompt/chosen/rejected JSONL)."
+            shape = "templated prompt text" if fmt_value == "trl" else "the prompt as a list of messages"
+            return str(path), f"Exported {count} preference pair(s) (TRL prompt/chosen/rejected JSONL, {shape})."
         if fmt_value == "hf":
             import shutil
 

@@ -1,7 +1,10 @@
 """Export the session database for training and sharing.
 
 * ``sweet`` — sweet_rl trajectory JSONL, one line per session (``simulators.tasks.load_episodes`` reads it);
-* ``trl``   — TRL preference JSONL (``prompt``, ``chosen``, ``rejected``) from edits, regenerations and votes;
+* ``trl``   — TRL preference JSONL (``prompt``, ``chosen``, ``rejected``) from edits, regenerations and votes,
+  the prompt as the exact text the model saw (its chat template applied);
+* ``trl-conversational`` — the same pairs in TRL's conversational format: the prompt as a list of
+  messages, ``chosen``/``rejected`` as one assistant message each (TRL applies the chat template);
 * ``hf``    — a Hugging Face ``datasets`` directory (``load_from_disk``) with a ``trajectories`` and a
   ``preferences`` split.
 """
@@ -15,7 +18,7 @@ from simulators.preferences import preference_pairs
 from simulators.store import SESSION_MODES, SessionStore
 from simulators.tasks import write_episodes
 
-FORMATS = ("sweet", "trl", "hf")
+FORMATS = ("sweet", "trl", "trl-conversational", "hf")
 TRAJECTORY_FEATURES = {"session_id": "string", "task_kind": "string", "mode": "string", "model_version": "string",
                        "reward": "float64", "trajectory": "string"}
 PREFERENCE_FEATURES = {"prompt": "string", "chosen": "string", "rejected": "string", "source": "string",
@@ -40,12 +43,13 @@ def export(store: SessionStore, fmt: str, out: str | Path, **filters) -> int:
         episodes = store.episodes(**filters)
         write_episodes(episodes, out)
         return len(episodes)
-    if fmt == "trl":
+    if fmt in ("trl", "trl-conversational"):
         pairs = preference_pairs(store)
         tmp = out.with_name(out.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             for pair in pairs:
-                fh.write(json.dumps(pair.to_trl(), ensure_ascii=False) + "\n")
+                row = pair.to_trl() if fmt == "trl" else pair.to_trl_conversational()
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         tmp.replace(out)
         return len(pairs)
     if fmt == "hf":

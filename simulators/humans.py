@@ -32,8 +32,12 @@ def load_prompt(name: str) -> str:
 
 
 def agent_messages(episode: Episode, max_rounds: int = MAX_ROUNDS) -> list[Message]:
-    """What the agent is conditioned on at its next turn (its observation o_t in the paper)."""
-    system = load_prompt(f"agent_{episode.task.kind}").format(max_rounds=max_rounds)
+    """What the agent is conditioned on at its next turn (its observation o_t in the paper); a
+    stored Chat-tab conversation (mode ``chat``) had the Chat tab's prompt instead."""
+    if episode.meta.get("mode") == "chat":
+        system = load_prompt("chat")
+    else:
+        system = load_prompt(f"agent_{episode.task.kind}").format(max_rounds=max_rounds)
     messages = [{"role": "system", "content": system}]
     messages += [{"role": "assistant" if t.role == "agent" else "user", "content": t.content}
                  for t in episode.turns]

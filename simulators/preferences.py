@@ -7,13 +7,17 @@
   judges whole conversations, not one turn) do not. See ``collab_app.comparison`` for the payload.
 
 Each pair carries the agent's exact prompt at that turn, so it is a TRL preference row
-(``prompt``, ``chosen``, ``rejected``) and a direct DPO pair for the actor.
+(``prompt``, ``chosen``, ``rejected``) and a direct DPO pair for the actor, and the messages that
+prompt was made of (``simulators.humans.agent_messages`` of the turns before it), for TRL's
+conversational format (``to_trl_conversational``).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
+from simulators.humans import agent_messages
+from simulators.llm.base import Message
 from simulators.store import SessionStore
 
 
@@ -25,12 +29,20 @@ class PreferencePair:
     source: str  # edit | regenerate+like | vote
     session_id: str
     turn_idx: int | None
+    messages: list[Message] = field(default_factory=list, compare=False)  # what ``prompt`` was made of
 
     def to_trl(self) -> dict[str, str]:
         return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
 
+    def to_trl_conversational(self) -> dict[str, list[Message]]:
+        """TRL's conversational preference row: the prompt as messages, each answer as one."""
+        return {"prompt": self.messages, "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        row = asdict(self)
+        del row["messages"]  # the prompt says it; the conversational export has them
+        return row
 
 
 def preference_pairs(store: SessionStore) -> list[PreferencePair]:
@@ -39,6 +51,8 @@ def preference_pairs(store: SessionStore) -> list[PreferencePair]:
     for event in store.feedback():
         by_session.setdefault(event["session_id"], []).append(event)
     for session_id, events in by_session.items():
+        episode = store.episode(session_id)
+        found = len(pairs)
         turns = {t["idx"]: t for t in store.turns(session_id)}
         for i, event in enumerate(events):
             turn = turns.get(event["turn_idx"])
@@ -62,4 +76,6 @@ def preference_pairs(store: SessionStore) -> list[PreferencePair]:
                 if liked_later and event["after"] != event["before"]:
                     pairs.append(PreferencePair(prompt, event["after"], event["before"], "regenerate+like",
                                                 session_id, event["turn_idx"]))
+        pairs[found:] = [replace(p, messages=agent_messages(replace(episode, turns=episode.turns[:p.turn_idx])))
+                         for p in pairs[found:]]
     return pairs

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from urllib.parse import urljoin
 
 import pytest
 from app_process import REPO, agent_messages, browser_page, running_app, start_task, wait_for_text
@@ -25,6 +27,13 @@ TASK = {"id": "sum-even", "kind": "backend",
         "test_cases": {f"test{i}": f"sum_even(list(range(-{i}, {i * 3})))" for i in range(1, 11)}}
 QUESTION = "Should negative even numbers count too?"
 ANSWER = f"{ANSWER_MARKER}\n```python\ndef sum_even(xs):\n    return sum(x for x in xs if x % 2 == 0)\n```"
+
+
+def wait_until_feedback(db, kinds: list[str], timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while [e["kind"] for e in SessionStore(db).feedback()] != kinds:
+        assert time.time() < deadline, f"timed out waiting for feedback {kinds}"
+        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -65,10 +74,20 @@ def test_regenerate_and_like_are_recorded_and_become_a_training_pair(home):
         page.locator("#collab-regenerate").click()  # the script's next reply is the answer
         wait_for_text(page, "#collab-score", "of tests passed")
         page.locator("#collab-chat .message-wrap button[aria-label='Like']").last.click()
-        page.wait_for_timeout(1000)
+        wait_until_feedback(db, ["regenerate", "like"])
+        page.get_by_role("tab", name="Data").click()  # TRL's conversational format, downloaded as a person would
+        page.get_by_text("TRL conversational pairs (messages)").click()
+        page.locator("#export").click()
+        page.locator("#export-note").filter(has_text="Exported 1 preference pair(s)").wait_for(timeout=30_000)
+        link = page.locator("#export-file a").first.get_attribute("href")
+        (conversational,) = [json.loads(line) for line in page.request.get(urljoin(app.url, link)).text().splitlines()]
     store = SessionStore(db)
     kinds = [e["kind"] for e in store.feedback()]
     assert kinds == ["regenerate", "like"]
+    assert conversational["chosen"] == [{"role": "assistant", "content": ANSWER}]
+    assert conversational["rejected"] == [{"role": "assistant", "content": QUESTION}]
+    assert [m["role"] for m in conversational["prompt"]] == ["system", "user"]
+    assert conversational["prompt"][1]["content"] == TASK["problem_description"]
     out = home / "pairs.jsonl"
     subprocess.run([sys.executable, "-m", "collab_app", "export", "--db", str(db), "--format", "trl",
                     "--out", str(out)], cwd=REPO, check=True, capture_output=True)

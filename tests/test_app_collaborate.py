@@ -13,6 +13,7 @@ import pytest
 from app_process import browser_page, running_app, start_task, wait_for_text
 from test_app_browser import ANSWER, QUESTION, TASK
 
+from simulators.llm import load_model
 from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
 
@@ -299,3 +300,4 @@ def test_chat_tab_stores_the_conversation_its_likes_and_retries_and_a_liked_retr
     (pair,) = preference_pairs(store)
     assert (pair.source, pair.chosen, pair.rejected) == ("regenerate+like", retried[1][1], first[1][1])
     assert pair.prompt.startswith("<|im_start|>system\nYou are a helpful assistant") and "hello" in pair.prompt
+    assert load_model(str(tiny_model_dir)).format_prompt(pair.messages) == pair.prompt  # conversational export

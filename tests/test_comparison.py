@@ -101,6 +101,14 @@ def test_a_comparison_votes_carries_the_winner_and_scores_both_answers(store, tm
     out = tmp_path / "pairs.jsonl"
     assert export(store, "trl", out) == 2
     assert json.loads(out.read_text().splitlines()[1]) == pairs[1].to_trl()
+    conversational = tmp_path / "conversational.jsonl"
+    assert export(store, "trl-conversational", conversational) == 2
+    for line, pair in zip(conversational.read_text().splitlines(), pairs):
+        row = json.loads(line)
+        assert [m["role"] for m in row["prompt"]][:2] == ["system", "user"] and row["prompt"][-1]["role"] == "user"
+        assert row["chosen"] == [{"role": "assistant", "content": pair.chosen}]
+        assert row["rejected"] == [{"role": "assistant", "content": pair.rejected}]
+        assert good.format_prompt(row["prompt"]) == pair.prompt  # the messages the stored prompt was made of
 
 
 def test_ties_carry_a_and_the_rounds_end_at_the_limit(store):
