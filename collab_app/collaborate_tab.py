@@ -11,7 +11,7 @@ import gradio as gr
 
 from collab_app.catalog import free_form_task
 from collab_app.context import AppContext
-from collab_app.messages import agent_markdown, message_text
+from collab_app.messages import agent_markdown, message_text, score_summary
 from collab_app.notices import REFUSALS, notice_box, refusal_text, reports_to, warning
 from collab_app.session import LiveSession, SessionError
 from simulators.clip_score import WEIGHTS_ENV as CLIP_WEIGHTS_ENV
@@ -27,11 +27,17 @@ def chat_messages(session: LiveSession | None) -> list[dict]:
         return []
     messages = []
     hashes = session.render_hashes
-    for index, turn in enumerate(session.episode.turns):
+    turns = session.episode.turns
+    # The scored answer (the agent's last turn once the session is over) is marked, its score beside it.
+    scored = max((i for i, t in enumerate(turns) if t.role == "agent"), default=None) \
+        if session.finished and not session.task.free_form else None
+    for index, turn in enumerate(turns):
         role = "assistant" if turn.role == "agent" else "user"
         content: object = turn.content
         if turn.role == "agent":
             content = agent_markdown(turn.content, session.task.kind)
+            if index == scored:
+                content = f"**Final answer** · {score_summary(session.episode.scores, session.task.kind)}\n\n{content}"
             path = session.store.render_path(hashes[index]) if hashes.get(index) else None
             if path is not None:
                 content = [content, {"path": str(path), "alt_text": "the agent's page, rendered"}]

@@ -13,7 +13,7 @@ import gradio as gr
 from collab_app.arena import arena_pool, blind_battles, draw_pair
 from collab_app.comparison import POSITIONS, Comparison, Side
 from collab_app.context import AppContext
-from collab_app.messages import agent_markdown
+from collab_app.messages import agent_markdown, score_summary
 from collab_app.notices import notice_box, reports_to, warning
 from collab_app.session import SessionError
 from simulators.domain import MAX_ROUNDS
@@ -95,15 +95,7 @@ def score_cell(side: Side, comparison: Comparison) -> str:
         return "no reference to score against"
     if side.score_error:
         return f"not scored: {side.score_error}"
-    scores = side.scores
-    if comparison.task.kind == "backend":
-        return f"{scores.get('tests_passed', 0):.0%} of tests passed · {'✓ success' if scores.get('success') else '✗'}"
-    parts = [f"CLIP {scores['clip']:.3f}"] if "clip" in scores else []
-    if "design" in scores:
-        parts.append(f"design {scores['design']:.3f}")
-    if scores.get("render_error"):
-        parts.append(f"render error: {scores['render_error']}")
-    return " · ".join(parts) or "no page to score"
+    return score_summary(side.scores, comparison.task.kind)
 
 
 # -- the tab -----------------------------------------------------------------------------------------

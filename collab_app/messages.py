@@ -68,3 +68,18 @@ def agent_markdown(text: str, kind: str) -> str:
     ends = list(_PAGE_END.finditer(text, start.start()))
     end = ends[-1].end() if ends else len(text)
     return f"{text[:start.start()]}\n```html\n{text[start.start():end]}\n```\n{text[end:]}"
+
+
+def score_summary(scores: dict, kind: str) -> str:
+    """A scored answer in one line: tests passed (backend), CLIP and design (frontend), or why
+    it has no score."""
+    if scores.get("error"):
+        return f"not scored: {scores['error']}"
+    if kind == "backend":
+        return f"{scores.get('tests_passed', 0):.0%} of tests passed · {'✓ success' if scores.get('success') else '✗'}"
+    parts = [f"CLIP {scores['clip']:.3f}"] if "clip" in scores else []
+    if "design" in scores:
+        parts.append(f"design {scores['design']:.3f}")
+    if scores.get("render_error"):
+        parts.append(f"render error: {scores['render_error']}")
+    return " · ".join(parts) or "no page to score"

@@ -49,12 +49,21 @@ def test_backend_session_to_a_scored_answer_then_export(home):
                      "--db", str(db)) as app, browser_page() as page:
         start_task(page, app.url, "Sum the even numbers")
         wait_for_text(page, "#collab-chat", QUESTION)
-        page.locator("#collab-input textarea").fill("Yes, every even number counts, negative ones too.")
-        page.locator("#collab-send").click()
+        box = page.locator("#collab-input textarea")  # Shift+Enter adds a line, Enter sends
+        box.press_sequentially("Yes, every even number counts,")
+        box.press("Shift+Enter")
+        box.press_sequentially("negative ones too.")
+        box.press("Enter")
         wait_for_text(page, "#collab-score", "100% of tests passed")
         assert "success" in page.locator("#collab-score").inner_text()
+        # The scored answer is marked in the chat, its score beside it.
+        final = page.locator("#collab-chat .message.bot").last.inner_text()
+        assert final.startswith("Final answer · 100% of tests passed · ✓ success"), final
+        assert "Final answer" not in page.locator("#collab-chat .message.bot").first.inner_text()
     (session,) = SessionStore(db).list_sessions()
     assert (session.status, session.reward, session.turns, session.mode) == ("scored", 1.0, 4, "human")
+    human = SessionStore(db).turns(session.id)[2]
+    assert (human["role"], human["content"]) == ("human", "Yes, every even number counts,\nnegative ones too.")
     out = home / "export.jsonl"
     subprocess.run([sys.executable, "-m", "collab_app", "export", "--db", str(db), "--format", "sweet",
                     "--out", str(out)], cwd=REPO, check=True, capture_output=True)
