@@ -3,7 +3,7 @@
     python -m collab_app [APP FLAGS]            run the Gradio app (default)
     python -m collab_app serve-model [FLAGS]    OpenAI-compatible HTTP server over a local model
     python -m collab_app export [FLAGS]         sessions -> sweet_rl JSONL, TRL pairs, HF dataset
-    python -m collab_app models ACTION          list | promote VERSION | rollback [VERSION|base]
+    python -m collab_app models ACTION          list | current | promote VERSION | rollback [VERSION|base]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class AppConfig:
 
 SUBCOMMANDS = {
     "serve-model": "OpenAI-compatible HTTP server over a model (serve-model --help)",
-    "models": "list trained actor versions, promote one, roll back (models --help)",
+    "models": "list trained actor versions, show the current one, promote one, roll back (models --help)",
     "export": "export sessions as sweet_rl JSONL, TRL preference pairs or a HF dataset (export --help)",
     "leaderboard": "Bradley–Terry ratings from Compare-tab votes, with automatic scores (leaderboard --help)",
 }

@@ -1,4 +1,6 @@
-"""``python -m collab_app models list|promote|rollback``: choose the version the app serves.
+"""``python -m collab_app models list|current|promote|rollback``: choose the version the app serves.
+
+The one command over ``simulators.registry`` (``training loop`` writes the versions it lists).
 
 A running app started with ``--model current`` (the default) picks the change up for its next
 session, without a restart; sessions in progress keep their version.
@@ -23,15 +25,19 @@ def version_rows(registry: ModelRegistry) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m collab_app models", description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["list", "promote", "rollback"],
-                        help="list versions; promote VERSION; rollback [VERSION | base] "
-                             "(default: the current version's parent)")
+    parser.add_argument("action", choices=["list", "current", "promote", "rollback"],
+                        help="list versions; current: the version served; promote VERSION; "
+                             "rollback [VERSION | base] (default: the current version's parent)")
     parser.add_argument("version", nargs="?", default="", help="a version id such as v0002, or 'base'")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     registry = ModelRegistry()
     try:
-        if args.action == "promote":
+        if args.action == "current":
+            current = registry.current()
+            print(json.dumps({"current": current.id if current else None}) if args.json else
+                  (current.id if current else "the base model (no version promoted)"))
+        elif args.action == "promote":
             if not args.version:
                 parser.error("promote needs a VERSION")
             print(f"serving {registry.set_current(args.version, reason='promote').id}")

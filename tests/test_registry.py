@@ -101,3 +101,21 @@ def test_module_level_resolve_uses_the_registry_under_collab_home(tmp_path, adap
     version = ModelRegistry().register(adapter_dir, base="default", algorithm="sweet-rl")
     assert version.path.parent == tmp_path / "home" / "models" / "registry" / "versions"
     assert resolve(version.id) == ("default", str(version.adapter_dir))
+
+
+def test_the_one_registry_command_lists_promotes_shows_and_rolls_back(tmp_path, adapter_dir, monkeypatch, capsys):
+    from collab_app.models import main
+
+    monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
+    registry = ModelRegistry()
+    first = registry.register(adapter_dir, base="default", algorithm="sweet", metrics={})
+    second = registry.register(adapter_dir, base="default", algorithm="rft", metrics={}, parent=first.id)
+    assert main(["current"]) == 0 and capsys.readouterr().out.strip() == "the base model (no version promoted)"
+    assert main(["promote", second.id]) == 0 and capsys.readouterr().out.strip() == f"serving {second.id}"
+    assert main(["current", "--json"]) == 0 and json.loads(capsys.readouterr().out) == {"current": second.id}
+    assert main(["list", "--json"]) == 0
+    assert [(r["version"], r["current"]) for r in json.loads(capsys.readouterr().out)] == [(first.id, False),
+                                                                                         (second.id, True)]
+    assert main(["rollback"]) == 0 and capsys.readouterr().out.strip() == f"serving {first.id}"  # the parent
+    assert main(["rollback", "base"]) == 0 and ModelRegistry().current() is None
+    assert main(["promote", "v9999"]) == 2 and "error:" in capsys.readouterr().out

@@ -1,4 +1,7 @@
-"""``python -m training``: critic | actor | rft | mtdpo | evaluate | loop | experiment | registry.
+"""``python -m training``: critic | actor | rft | mtdpo | evaluate | loop | experiment.
+
+The versions ``loop`` writes are listed, promoted and rolled back with ``python -m collab_app models``
+(the one registry command).
 
 Each training command takes a dataclass config (``--help`` lists every option with its default),
 shows progress bars, writes ``log.jsonl`` and ``curves.png`` in its ``--out`` directory, and prints
@@ -16,7 +19,7 @@ import sys
 
 from simulators.config import add_dataclass_arguments, config_from_args
 from simulators.llm.base import ModelError
-from simulators.registry import ModelRegistry, RegistryError
+from simulators.registry import RegistryError
 from simulators.tasks import TaskFileError
 from training.actor import ActorConfig
 from training.baselines import MTDPOConfig, RFTConfig
@@ -32,21 +35,6 @@ def run_command(config_cls, target: str, args: argparse.Namespace) -> dict:
     return getattr(importlib.import_module(module), function)(config_from_args(config_cls, args))
 
 
-def cmd_registry(args):
-    registry = ModelRegistry()
-    if args.action == "list":
-        current = registry.current()
-        return {"versions": [{"id": v.id, "parent": v.parent, "base": v.base, "algorithm": v.meta.get("algorithm"),
-                              "promoted": v.meta.get("promoted"), "current": current is not None and v.id == current.id}
-                             for v in registry.list_versions()]}
-    if args.action == "current":
-        current = registry.current()
-        return {"current": current.id if current else None}
-    if args.action == "set-current":
-        return {"current": registry.set_current(args.version).id}
-    return {"current": registry.rollback(args.version or None).id}
-
-
 COMMANDS = {
     "critic": (CriticConfig, "training.critic:train_critic", "train the step-level critic (Eq. 2-3)"),
     "actor": (ActorConfig, "training.actor:train_actor", "sample, rank with the critic, train the actor (Eq. 4)"),
@@ -56,7 +44,7 @@ COMMANDS = {
     "loop": (LoopConfig, "training.loop:run_loop", "one SWEET iteration -> a new actor version in the registry"),
     # the config class is the --preset's (build_parser)
     "experiment": (ExperimentConfig, "training.experiment:run_experiment",
-                   "zero-shot vs SWEET-RL vs baselines (+ critic ablations) on one held-out split, paired 95% CIs"),
+                   "zero-shot vs SWEET-RL vs baselines (+ critic ablations) on one held-out split, paired 95%% CIs"),
 }
 
 
@@ -83,11 +71,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # --db is the session database, a synonym of --data for the loop
     commands.choices["loop"].add_argument("--db", dest="data", default=argparse.SUPPRESS, metavar="PATH",
                                           help="the app's session database (same as --data PATH)")
-    registry = commands.add_parser("registry", help="list versions, show/set the current one, roll back "
-                                   "($COLLAB_HOME/models/registry)")
-    registry.add_argument("action", choices=["list", "current", "set-current", "rollback"])
-    registry.add_argument("version", nargs="?", default="", help="version id (set-current; rollback: default = parent)")
-    registry.set_defaults(run=cmd_registry)
     return parser
 
 
