@@ -73,10 +73,12 @@ def agent_markdown(text: str, kind: str) -> str:
 def score_summary(scores: dict, kind: str) -> str:
     """A scored answer in one line: tests passed (backend), CLIP and design (frontend), or why
     it has no score."""
-    if scores.get("error"):
-        return f"not scored: {scores['error']}"
-    if kind == "backend":
-        return f"{scores.get('tests_passed', 0):.0%} of tests passed · {'✓ success' if scores.get('success') else '✗'}"
+    error = scores.get("error")
+    if error and not any(key in scores for key in ("tests_passed", "clip", "design")):
+        return f"not scored: {error}"
+    if kind == "backend":  # an answer without code is scored (0 tests) and says why
+        return (f"{scores.get('tests_passed', 0):.0%} of tests passed · {'✓ success' if scores.get('success') else '✗'}"
+                + (f" · {error}" if error else ""))
     parts = [f"CLIP {scores['clip']:.3f}"] if "clip" in scores else []
     if "design" in scores:
         parts.append(f"design {scores['design']:.3f}")
