@@ -44,12 +44,7 @@ def arena_pool(arena_models: str, base: str) -> list[str]:
 
 def blind_battles(store: SessionStore) -> Counter:
     """How many blind comparisons each pair of specs has finished (one final vote each)."""
-    counts: Counter = Counter()
-    for event in store.feedback():
-        payload = event["payload"]
-        if event["kind"] == "vote" and payload.get("final") and payload.get("blind") and payload.get("specs"):
-            counts[frozenset(payload["specs"])] += 1
-    return counts
+    return Counter(frozenset(v.specs) for v in store.votes() if v.final and v.blind and v.specs)
 
 
 def draw_pair(pool: list[str], battles: Counter, rng: random.Random | None = None) -> tuple[str, str]:

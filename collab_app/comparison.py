@@ -53,7 +53,7 @@ from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
 from simulators.humans import agent_messages
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
 from simulators.rollout import final_answer
-from simulators.store import SessionStore
+from simulators.store import SessionStore, Vote
 
 POSITIONS = ("a", "b")
 VERDICTS = ("a", "b", "tie", "both_bad")
@@ -298,7 +298,7 @@ class Comparison:
         leaks = [p for p in POSITIONS if names_itself(replies[p].turn.content, self.sides[p].name)]
         self.identity_leaks.update(leaks)
         self._record_vote(winner, final=False, turn_idx=index, extra={
-            "identity_leak": leaks,
+            "identity_leak": tuple(leaks),
             "prompt": prompts["a"] if prompts["a"] == prompts["b"] else prompts[carried],
             "prompt_a": prompts["a"], "prompt_b": prompts["b"],
             "a": replies["a"].turn.content, "b": replies["b"].turn.content})
@@ -335,7 +335,7 @@ class Comparison:
         if self.stage != "final_vote":
             raise SessionError(self._not_now())
         _check_verdict(winner)
-        self._record_vote(winner, final=True, turn_idx=None, extra={"identity_leak": sorted(self.identity_leaks)})
+        self._record_vote(winner, final=True, turn_idx=None, extra={"identity_leak": tuple(sorted(self.identity_leaks))})
         self.final_verdict = winner
         self._score()
 
@@ -350,10 +350,10 @@ class Comparison:
     # -- internals ----------------------------------------------------------------------------
     def _record_vote(self, winner: str, *, final: bool, turn_idx: int | None, extra: dict) -> None:
         a, b = self.sides["a"], self.sides["b"]
-        payload = {"compare_id": self.compare_id, "round": self.rounds, "final": final, "winner": winner,
-                   "model_a": a.name, "model_b": b.name, "session_a": a.session_id, "session_b": b.session_id,
-                   "blind": self.blind, "specs": sorted(self.specs), **extra}
-        self.store.add_feedback(a.session_id, "vote", turn_idx=turn_idx, payload=payload)
+        vote = Vote(compare_id=self.compare_id, round=self.rounds, final=final, winner=winner, model_a=a.name,
+                    model_b=b.name, session_a=a.session_id, session_b=b.session_id, blind=self.blind,
+                    specs=tuple(sorted(self.specs)), **extra)
+        self.store.add_vote(a.session_id, vote, turn_idx=turn_idx)
 
     def _end_rounds(self, reason: str) -> None:
         """Each session ends with its side's own last reply (put back where the person ends the

@@ -66,16 +66,9 @@ def stored_battles(store: SessionStore, votes: str = "final", include_unblind: b
     (the arena's) unless ``include_unblind``."""
     if votes not in VOTE_SETS:
         raise ValueError(f"votes must be one of {', '.join(VOTE_SETS)}, not {votes!r}")
-    battles = []
-    for event in store.feedback():
-        payload = event["payload"]
-        if event["kind"] != "vote" or not payload.get("model_a") or not payload.get("model_b"):
-            continue
-        if payload.get("winner") not in SCORE_OF_WINNER or not (include_unblind or payload.get("blind")):
-            continue
-        if votes == "all" or bool(payload.get("final")) == (votes == "final"):
-            battles.append(Battle(payload["model_a"], payload["model_b"], payload["winner"]))
-    return battles
+    return [Battle(v.model_a, v.model_b, v.winner) for v in store.votes()
+            if v.model_a and v.model_b and v.winner in SCORE_OF_WINNER and (include_unblind or v.blind)
+            and (votes == "all" or v.final == (votes == "final"))]
 
 
 def left_out_note(store: SessionStore, votes: str = "final", include_unblind: bool = False) -> str:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from simulators.humans import agent_messages
 from simulators.llm.base import Message
-from simulators.store import SessionStore
+from simulators.store import SessionStore, Vote
 
 
 @dataclass
@@ -58,12 +58,10 @@ def preference_pairs(store: SessionStore) -> list[PreferencePair]:
             turn = turns.get(event["turn_idx"])
             prompt = (turn or {}).get("input")
             if event["kind"] == "vote":
-                payload = event["payload"]
-                winner, loser = ("a", "b") if payload.get("winner") == "a" else ("b", "a")
-                if (payload.get("winner") in ("a", "b") and not payload.get("final") and payload.get("prompt")
-                        and payload.get(winner) != payload.get(loser)):
-                    pairs.append(PreferencePair(payload["prompt"], payload[winner], payload[loser], "vote",
-                                                session_id, event["turn_idx"]))
+                vote = Vote.from_payload(event["payload"])
+                chosen, rejected = (vote.a, vote.b) if vote.winner == "a" else (vote.b, vote.a)
+                if vote.winner in ("a", "b") and not vote.final and vote.prompt and chosen != rejected:
+                    pairs.append(PreferencePair(vote.prompt, chosen, rejected, "vote", session_id, event["turn_idx"]))
                 continue
             if not prompt or turn["role"] != "agent":
                 continue

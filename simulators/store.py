@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,44 @@ class SessionRow:
     rating: int | None
     created_at: float
     turns: int
+
+
+@dataclass(frozen=True)
+class Vote:
+    """A Compare-tab vote: the payload of a ``vote`` feedback event, typed (``collab_app.comparison``
+    writes it and says what each field holds; preference pairs, the leaderboard and the arena read
+    it). ``session_id`` and ``turn_idx`` are the event's, not part of the payload."""
+
+    winner: str = ""  # a | b | tie | both_bad: a stored position, never a screen side
+    final: bool = False  # the overall vote after the rounds, else a round's vote
+    model_a: str = ""
+    model_b: str = ""
+    blind: bool = False  # the arena drew the pair; the person never named the models
+    specs: tuple[str, ...] = ()  # the two specs compared, sorted
+    identity_leak: tuple[str, ...] = ()  # positions whose reply named its own model
+    compare_id: str = ""
+    round: int = 0
+    session_a: str = ""
+    session_b: str = ""
+    prompt: str = ""  # round votes: the shared prompt, each side's, and the two replies
+    prompt_a: str = ""
+    prompt_b: str = ""
+    a: str = ""
+    b: str = ""
+    session_id: str = ""
+    turn_idx: int | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], session_id: str = "", turn_idx: int | None = None) -> Vote:
+        """Tolerant of older payloads: a missing field takes its default, an unknown one is dropped."""
+        known = {f.name for f in fields(cls)} - {"session_id", "turn_idx"}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in payload.items() if k in known}
+        return cls(**values, session_id=session_id, turn_idx=turn_idx)
+
+    def payload(self) -> dict[str, Any]:
+        row = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        del row["session_id"], row["turn_idx"]
+        return row
 
 
 class SessionStore:
@@ -192,6 +230,9 @@ class SessionStore:
                 (session_id, turn_idx, kind, before, after, json.dumps(payload or {}), time.time()))
             return cursor.lastrowid
 
+    def add_vote(self, session_id: str, vote: Vote, *, turn_idx: int | None = None) -> int:
+        return self.add_feedback(session_id, "vote", turn_idx=turn_idx, payload=vote.payload())
+
     def finish_session(self, session_id: str, *, answer: str | None, reward: float | None,
                        scores: dict[str, Any], status: str = "scored") -> None:
         with self._transaction() as db:
@@ -270,6 +311,11 @@ class SessionStore:
             query, params = query + " WHERE session_id = ?", (session_id,)
         rows = self._connection().execute(query + " ORDER BY id", params).fetchall()
         return [{**dict(r), "payload": json.loads(r["payload_json"])} for r in rows]
+
+    def votes(self) -> list[Vote]:
+        """Every Compare-tab vote, oldest first."""
+        return [Vote.from_payload(e["payload"], e["session_id"], e["turn_idx"])
+                for e in self.feedback() if e["kind"] == "vote"]
 
     def episode(self, session_id: str) -> Episode:
         """A stored session as the shared domain model (what training and exports consume)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from simulators.domain import Task, Turn
-from simulators.store import MIGRATIONS, SessionStore
+from simulators.store import MIGRATIONS, SessionStore, Vote
 
 TASK = Task(id="t-1", kind="backend", problem_description="Add two numbers. The signature of the function is: "
             "def add(a, b)", ground_truth="def add(a, b):\n    return a + b",
@@ -110,3 +110,19 @@ def test_a_killed_writer_loses_no_committed_turn(tmp_path):
     proc.wait()
     (session,) = SessionStore(db).list_sessions()
     assert session.turns == 30
+
+
+def test_votes_are_typed_records_that_survive_the_round_trip_and_read_older_payloads(tmp_path):
+    store = SessionStore(tmp_path / "db.sqlite")
+    session = store.create_session(Task(id="t", kind="backend", problem_description="p", ground_truth="g"),
+                                   mode="compare", human="person:t", model_version="x")
+    vote = Vote(winner="b", final=False, model_a="x", model_b="y", blind=True, specs=("x-spec", "y-spec"),
+                identity_leak=("a",), round=2, prompt="P", a="reply a", b="reply b")
+    store.add_vote(session, vote, turn_idx=3)
+    store.add_feedback(session, "vote", payload={"winner": "tie", "final": True, "model_a": "x", "model_b": "y",
+                                                 "from_a_later_version": 1})  # older or newer: still read
+    store.add_feedback(session, "like", turn_idx=1)  # not a vote
+    stored, older = store.votes()
+    assert stored == Vote(**{**vote.__dict__, "session_id": session, "turn_idx": 3})
+    assert store.feedback()[0]["payload"]["specs"] == ["x-spec", "y-spec"]  # JSON lists on disk
+    assert (older.winner, older.final, older.blind, older.specs) == ("tie", True, False, ())
