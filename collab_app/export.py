@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from simulators.jsonl import write_jsonl
 from simulators.preferences import preference_pairs
 from simulators.store import SESSION_MODES, SessionStore
 from simulators.tasks import write_episodes
@@ -45,12 +46,7 @@ def export(store: SessionStore, fmt: str, out: str | Path, **filters) -> int:
         return len(episodes)
     if fmt in ("trl", "trl-conversational"):
         pairs = preference_pairs(store)
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for pair in pairs:
-                row = pair.to_trl() if fmt == "trl" else pair.to_trl_conversational()
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(out)
+        write_jsonl(out, (pair.to_trl() if fmt == "trl" else pair.to_trl_conversational() for pair in pairs))
         return len(pairs)
     if fmt == "hf":
         from datasets import DatasetDict

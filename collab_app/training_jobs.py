@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from simulators.jsonl import write_jsonl
 from simulators.paths import collab_home
 from simulators.store import SessionStore
 from simulators.tasks import write_episodes
@@ -93,9 +94,7 @@ class TrainingJob:
         snapshot = out / "data.jsonl"
         write_episodes(episodes, snapshot)
         preferences = out / "preferences.jsonl"  # people's turn-level pairs, kept with the run too
-        with open(preferences, "w", encoding="utf-8") as fh:
-            for row in preference_rows:
-                fh.write(json.dumps(row) + "\n")
+        write_jsonl(preferences, preference_rows)
         (out / "request.json").write_text(json.dumps(request.__dict__, indent=2))
         command = [sys.executable, "-m", "training", "loop", "--data", str(snapshot), "--preferences", str(preferences),
                    "--out", str(out),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from simulators.jsonl import read_jsonl
 from simulators.paths import models_dir
 
 VERSION_PATTERN = re.compile(r"^v(\d{4,})$")
@@ -106,10 +107,7 @@ class ModelRegistry:
         return self.get(version) if version else None
 
     def history(self) -> list[dict[str, Any]]:
-        path = self.root / "history.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(self.root / "history.jsonl")
 
     # -- writes -------------------------------------------------------------------------------
     def register(

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from simulators.domain import Episode, Task, TaskKind
+from simulators.jsonl import jsonl_rows, write_jsonl
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 SAMPLE_TASKS_DIR = ASSETS_DIR / "tasks"
 
-MAX_LINE_BYTES = 2_000_000  # a task or trajectory line larger than this is refused, not parsed
 
 
 class TaskFileError(ValueError):
@@ -86,22 +86,6 @@ def task_from_row(row: dict[str, Any], *, kind: TaskKind | None = None, source: 
         test_cases={str(k): v for k, v in tests.items()},
         source=source,
     )
-
-
-def jsonl_rows(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line number, parsed object or None, error or None); blank lines are skipped."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if len(raw) > MAX_LINE_BYTES:
-                yield lineno, None, f"line is {len(raw):,} bytes (limit {MAX_LINE_BYTES:,})"
-                continue
-            text = raw.decode("utf-8", errors="replace").strip()
-            if not text:
-                continue
-            try:
-                yield lineno, json.loads(text), None
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
 
 
 def _open_checked(path: str | os.PathLike) -> Path:
@@ -178,9 +162,7 @@ def read_task_file(paths: str, kind: str = "", limit: int = 0) -> list[Task]:
 
 
 def write_tasks(tasks: Iterable[Task], path: str | os.PathLike) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for task in tasks:
-            fh.write(json.dumps(task.to_colbench(), ensure_ascii=False) + "\n")
+    write_jsonl(path, (task.to_colbench() for task in tasks))
 
 
 def load_episodes(path: str | os.PathLike, *, kind: TaskKind | None = None) -> LoadReport:
@@ -209,9 +191,4 @@ def append_episode(episode: Episode, path: str | os.PathLike) -> None:
 
 def write_episodes(episodes: Iterable[Episode], path: str | os.PathLike) -> None:
     """Rewrite a trajectory file atomically (write to a temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for episode in episodes:
-            fh.write(episode.to_json() + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, (episode.to_sweet() for episode in episodes))

@@ -16,7 +16,6 @@ turn-level pairs and joins step 4 directly (``--human-pairs``). Each step writes
 from __future__ import annotations
 
 import importlib.util
-import json
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simulators.domain import Episode
+from simulators.jsonl import read_jsonl, write_jsonl
 from simulators.llm.base import GenerationConfig
 from training import sweet
 from training.data import (
@@ -226,13 +226,13 @@ def critic_pairs(config: ActorConfig, episodes: Sequence[Episode], lm, tokenizer
     records = turn_records(episodes, config.data_fraction, config.seed)
     sampled_path, ranked_path, pairs_path = out / "sampled.jsonl", out / "ranked.jsonl", out / "pairs.jsonl"
     if pairs_path.is_file():
-        return _read_jsonl(pairs_path)
+        return read_jsonl(pairs_path)
     if sampled_path.is_file():
-        candidates = [row["candidates"] for row in _read_jsonl(sampled_path)]
+        candidates = [row["candidates"] for row in read_jsonl(sampled_path)]
     else:
         candidates = sample_candidates(lm, tokenizer, records, config, progress=config.progress)
         if write:
-            _write_jsonl(sampled_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c}
+            write_jsonl(sampled_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c}
                                         for r, c in zip(records, candidates)])
     if not config.critic:
         raise ValueError("ranking needs a trained critic: pass --critic DIR (or --pairs FILE)")
@@ -240,7 +240,7 @@ def critic_pairs(config: ActorConfig, episodes: Sequence[Episode], lm, tokenizer
     scores = rank_candidates(critic, records, candidates, progress=config.progress)
     del critic
     if write:
-        _write_jsonl(ranked_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c, "scores": s}
+        write_jsonl(ranked_path, [{"prompt": r.prompt, "task_id": r.task_id, "turn": r.turn, "candidates": c, "scores": s}
                                    for r, c, s in zip(records, candidates, scores)])
     rng = random.Random(config.seed)
     rows = []
@@ -249,7 +249,7 @@ def critic_pairs(config: ActorConfig, episodes: Sequence[Episode], lm, tokenizer
             rows.append({"prompt": record.prompt, "chosen": texts[a], "rejected": texts[b], "source": "critic",
                          "task_id": record.task_id, "chosen_score": turn_scores[a], "rejected_score": turn_scores[b]})
     if write:
-        _write_jsonl(pairs_path, rows)
+        write_jsonl(pairs_path, rows)
     return rows
 
 
@@ -263,7 +263,7 @@ def train_actor(config: ActorConfig, episodes: Sequence[Episode] | None = None) 
     accelerator = make_accelerator()
     lm, tokenizer = load_lora_model(config.model, config, device=accelerator.device)
     if config.pairs:
-        rows = _read_jsonl(Path(config.pairs))
+        rows = read_jsonl(Path(config.pairs))
     else:
         episodes = list(episodes) if episodes is not None else read_episodes(config.data, config.kind)
         rows = critic_pairs(config, episodes, lm, tokenizer, out, write=accelerator.is_main_process)
@@ -286,13 +286,4 @@ def train_actor(config: ActorConfig, episodes: Sequence[Episode] | None = None) 
     return summary
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)

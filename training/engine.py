@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from simulators.jsonl import append_jsonl, read_jsonl, write_jsonl
 from simulators.llm import ModelError, parse_model_spec
 from training.sweet import token_logprobs
 
@@ -559,7 +560,7 @@ def train_loop(
             if evaluate is not None and options.eval_steps > 0 and step % options.eval_steps == 0:
                 record.update(_run_eval(evaluate, accelerator))
             if accelerator.is_main_process:
-                _append_jsonl(log_path, record)
+                append_jsonl(log_path, record)
             if options.save_steps > 0 and step % options.save_steps == 0:
                 _save_checkpoint(model, optimizer, checkpoint, step, epoch, micro + 1, accelerator)
         start_micro = 0
@@ -567,7 +568,7 @@ def train_loop(
     if evaluate is not None and (options.eval_steps <= 0 or step % options.eval_steps != 0):
         final_eval = _run_eval(evaluate, accelerator)
         if accelerator.is_main_process:
-            _append_jsonl(log_path, {"step": step, **final_eval})
+            append_jsonl(log_path, {"step": step, **final_eval})
         last.update(final_eval)
     _save_checkpoint(model, optimizer, checkpoint, step, options.epochs, 0, accelerator)
     if accelerator.is_main_process:
@@ -628,18 +629,11 @@ def _run_eval(evaluate: Callable[[], dict[str, float]], accelerator) -> dict[str
     return {f"eval_{k}": round(v, 6) for k, v in results.items()}
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Keep log lines up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    write_jsonl(path, [row for row in read_jsonl(path) if row.get("step", 0) <= step])
 
 
 def _save_checkpoint(model, optimizer, checkpoint: Path, step: int, epoch: int, micro: int, accelerator) -> None:

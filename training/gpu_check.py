@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from simulators.jsonl import read_jsonl
+
 SYSTEM = "You are a helpful assistant."
 WORDS = ("add", "solve")
 # fp32 log-probs agree to rounding; bf16 keeps 8 bits of mantissa: its log-probs may differ by ~1e-1.
@@ -163,7 +165,7 @@ def run(work: Path, hidden_size: int, layers: int) -> dict:
     actor, seconds = timed(lambda: train_actor(ActorConfig(
         out=str(work / "actor"), critic=str(work / "critic"), data_fraction=1.0, best_of_n=4, pairs_per_turn=2,
         max_new_tokens=16, sampler="hf", gradient_accumulation_steps=64, **common), data))
-    sampled = [json.loads(line) for line in (work / "actor" / "sampled.jsonl").read_text().splitlines()]
+    sampled = read_jsonl(work / "actor" / "sampled.jsonl")
     report["actor"] = {"steps": actor["steps"], "tokens_per_s": actor["tokens_per_s"], "seconds": round(seconds, 2),
                        "sampled_turns": len(sampled), "candidates_per_turn": len(sampled[0]["candidates"]),
                        "pairs": actor["pairs"]}
