@@ -51,8 +51,8 @@ def benchmark_episodes(tasks_path: Path, count: int, rounds: int = 1, drafts: bo
     ``drafts``: every question comes with a draft of the function and the tasks with the longest
     references are used (long turns, dialogues that fill ``max_length``)."""
     from simulators.llm.default_model import ensure_default_model
+    from simulators.llm.local import load_tokenizer
     from simulators.tasks import load_tasks
-    from training.engine import load_tokenizer
     from training.synthetic import scripted_episode
 
     tokenizer = load_tokenizer(str(ensure_default_model()))

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from simulators.domain import Episode
+from simulators.llm.local import load_tokenizer
 from training import sweet
 from training.data import (
     DataOptions,
@@ -48,7 +49,6 @@ from training.engine import (
     base_spec,
     collate,
     load_lora_model,
-    load_tokenizer,
     make_accelerator,
     model_source,
     reference_model_id,

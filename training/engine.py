@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from simulators.jsonl import append_jsonl, read_jsonl, write_jsonl
 from simulators.llm import ModelError, parse_model_spec
+from simulators.llm.local import load_tokenizer
 from training.sweet import token_logprobs
 
 logger = logging.getLogger(__name__)
@@ -108,15 +109,6 @@ def base_spec(spec: str) -> str:
 
         return resolve(spec.removeprefix("registry:"))[0]
     return spec
-
-
-def load_tokenizer(source: str):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_lora_model(spec: str, options: TrainOptions, *, device: torch.device, trainable: bool = True):

@@ -136,9 +136,9 @@ def check_bf16_autocast(model_dir: Path, device, tokenizer) -> dict:
 def run(work: Path, hidden_size: int, layers: int) -> dict:
     import torch
 
+    from simulators.llm.local import load_tokenizer
     from training.actor import ActorConfig, train_actor
     from training.critic import CriticConfig, train_critic
-    from training.engine import load_tokenizer
     from training.tiny_model import save_tiny_model
 
     cuda = torch.cuda.is_available()

@@ -240,7 +240,7 @@ class LocalModel(ChatModel):
         if isinstance(model, (str, Path)):
             self.device = torch.device(device) if device is not None else default_device()
             self.name = name or str(model)
-            self.tokenizer = tokenizer or _load_tokenizer(str(model))
+            self.tokenizer = tokenizer or load_tokenizer(str(model))
             self.model = _load_model(str(model), self.device)
         else:
             if tokenizer is None:
@@ -556,11 +556,16 @@ class LocalModel(ChatModel):
         return logprobs.tolist()
 
 
-def _load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model directory or hub id, for inference and training alike; one
+    without a pad token pads with its end-of-sequence token."""
     try:
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ModelError(_load_hint(source, error)) from error
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _load_model(source: str, device: torch.device) -> PreTrainedModel:
