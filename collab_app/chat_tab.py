@@ -79,7 +79,7 @@ def stream_reply(actor: ActorSlot, history: list[dict], max_new_tokens: int, sam
 
 def build_chat_tab(ctx: AppContext) -> None:
     log_state = gr.State(None)  # this page's ChatLog, from its first message to "New conversation"
-    chatbot = gr.Chatbot(label="Agent", height=480, elem_id="chat-chatbot", editable="user",
+    chatbot = gr.Chatbot(label="Agent", height=480, elem_id="chat-chatbot", editable="user", buttons=["copy", "copy_all"],
                          feedback_options=("Like", "Dislike"))
     notice = notice_box("chat-notice")
     with gr.Row():

@@ -135,6 +135,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             name = gr.Textbox(label="Your name (recorded with the session)", value="anonymous", max_lines=1)
         with gr.Column(scale=4):  # the chat is what the person reads and writes: it gets the most room
             chatbot = gr.Chatbot(label="Collaboration", height=520, editable="all", elem_id="collab-chat",
+                                 buttons=["copy", "copy_all"],
                                  feedback_options=("Like", "Dislike"))
             notice = notice_box("collab-notice")
             with gr.Row():

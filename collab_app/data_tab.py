@@ -59,7 +59,7 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=False, elem_id="sessions-table")
     with gr.Row():
         with gr.Column(scale=3):
-            replay_chat = gr.Chatbot(label="Replay", height=420)
+            replay_chat = gr.Chatbot(label="Replay", height=420, buttons=["copy", "copy_all"])
         with gr.Column(scale=1):
             summary = gr.Markdown()
             fmt = gr.Radio([("sweet_rl JSONL", "sweet"), ("TRL preference pairs", "trl"),

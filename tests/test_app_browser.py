@@ -60,6 +60,12 @@ def test_backend_session_to_a_scored_answer_then_export(home):
         final = page.locator("#collab-chat .message.bot").last.inner_text()
         assert final.startswith("Final answer · 100% of tests passed · ✓ success"), final
         assert "Final answer" not in page.locator("#collab-chat .message.bot").first.inner_text()
+        code = page.locator("#collab-chat .message.bot").last.locator("pre code")
+        assert "def sum_even" in code.inner_text()  # a highlighted code block...
+        assert code.locator("span").count() > 0  # (highlighted: tokens in spans)
+        page.locator("#collab-chat .message-row.bot-row").last.hover()
+        assert page.locator("#collab-chat button[aria-label='Copy message']").count() > 0  # ...and the message copies
+        assert page.locator("#collab-chat .message.bot").last.locator("button.copy_code_button").count() == 1
     (session,) = SessionStore(db).list_sessions()
     assert (session.status, session.reward, session.turns, session.mode) == ("scored", 1.0, 4, "human")
     human = SessionStore(db).turns(session.id)[2]
