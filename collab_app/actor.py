@@ -40,6 +40,11 @@ class ActorSlot:
             current = None  # a broken pointer must not take the app down: serve the base model
         return f"registry:{current.id}" if current else self.base
 
+    @property
+    def ready(self) -> bool:
+        """Whether the model served now is loaded (``get`` returns at once)."""
+        return self._model is not None and self._loaded_spec == self.resolved_spec()
+
     def get(self) -> ChatModel:
         target = self.resolved_spec()
         with self._lock:

@@ -112,6 +112,11 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("`", "'").replace("\n", " ")[:80]
 
 
+# What the status line says while a turn's slow steps run after its text is written.
+STAGE_WORDS = {"rendering": " · rendering the agent's page…",
+               "scoring": " · scoring the final answer (hidden tests in the sandbox, or the rendered page)…"}
+
+
 # -- the tab -----------------------------------------------------------------------------------------
 def build_collaborate_tab(ctx: AppContext) -> None:
     session_state = gr.State(None)
@@ -198,6 +203,8 @@ def build_collaborate_tab(ctx: AppContext) -> None:
 
     def open_session(task, person, session):
         """A new session, then the agent's first turn (it opens with its questions)."""
+        if not ctx.actor.ready:  # a first load takes seconds to minutes: say so, never a silent wait
+            yield {notice: f"Loading the agent model `{ctx.actor.resolved_spec()}`… (only the first session waits)"}
         try:
             new = ctx.new_session(task, person or "anonymous", mode="free" if task.free_form else "human")
         except ModelError as exc:
@@ -250,12 +257,13 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         if session is None or (stream is None and session.expecting != "agent"):
             yield views(session)
             return
-        base, rest = chat_messages(session), views(session)[2:]
+        base, (score, *rest) = chat_messages(session), views(session)[2:]
         note = ""
         try:
             for view in stream or session.agent_replies():
-                if not view.done:
-                    yield (session, base + [{"role": "assistant", "content": view.text}], *rest)
+                if not view.done:  # the text so far, and what takes time now (never a silent wait)
+                    yield (session, base + [{"role": "assistant", "content": view.text}],
+                           score + STAGE_WORDS.get(view.stage, ""), *rest)
                 elif view.render_error:
                     note = warning(f"The agent's page did not render: {view.render_error}")
         except (ModelError, SessionError) as exc:

@@ -189,6 +189,8 @@ def build_compare_tab(ctx: AppContext) -> None:
             if specs[0] == specs[1]:
                 raise gr.Error("Pick two different models.")
         task = ctx.catalog.get(task_id, request.session_hash)  # a loaded task or this session's upload
+        if not all(ctx.model_slot(spec).ready for spec in specs):  # no names: the arena is blind
+            yield {notice: "Loading the two models… (a model's first load takes a while)"}
         try:
             models = [ctx.model_slot(spec).get() for spec in specs]
         except ModelError as exc:

@@ -41,6 +41,7 @@ class AgentTurnView:
     render_hash: str | None = None  # frontend: the screenshot of this turn's HTML
     render_error: str | None = None
     finished: bool = False  # the episode ended with this turn (answer or round limit)
+    stage: str = "writing"  # writing | rendering (its page) | scoring (the final answer): said while it lasts
 
 
 @dataclass
@@ -120,6 +121,8 @@ class LiveSession:
         turn = Turn(role="agent", content=text, input=self.agent.format_prompt(messages), output=text,
                     model=self.agent.name, latency_s=round(time.perf_counter() - start, 3))
         view = AgentTurnView(text=text, done=True)
+        if self.task.kind == "frontend" and self.renderer is not None:
+            yield AgentTurnView(text=text, stage="rendering")
         self._render_into(view, text)
         self.episode.turns.append(turn)
         index = self.store.add_turn(self.session_id, turn, render_hash=view.render_hash)
@@ -127,6 +130,7 @@ class LiveSession:
             self.render_hashes[index] = view.render_hash
         if ANSWER_MARKER in text or self.episode.rounds >= MAX_ROUNDS:
             self.episode.answer = final_answer(self.episode)
+            yield AgentTurnView(text=text, stage="scoring")
             self.score()
             view.finished = True
         yield view

@@ -91,6 +91,19 @@ def test_free_form_session_ends_after_ten_rounds_and_takes_a_rating(agent, store
         session.human_says("more?")
 
 
+def test_the_slow_steps_after_a_reply_are_announced_while_they_run(store):
+    """Issue 14: scoring (and a frontend page's rendering) is said in a view of its own, before the
+    final view, so the UI never waits silently."""
+    answer = f"{ANSWER_MARKER}\n```python\ndef sum_even(xs):\n    return 0\n```"
+    session = LiveSession(TASK, store, ScriptedModel(["Should negatives count?", answer]))
+    assert "scoring" not in [v.stage for v in session.agent_replies()]  # a question is not scored
+    session.human_says("Yes.")
+    views = list(session.agent_replies())
+    stages = [v.stage for v in views]
+    assert stages[-2:] == ["scoring", "writing"] and set(stages[:-2]) == {"writing"}
+    assert views[-2].text == views[-1].text == answer and not views[-2].done and views[-1].finished
+
+
 def test_an_answer_is_scored_at_once_with_the_tests_table(store):
     """A scripted agent (a tiny random model cannot code) asks once, then answers correctly."""
     answer = "def sum_even(xs):\n    return sum(x for x in xs if x % 2 == 0)"
