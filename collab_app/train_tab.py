@@ -84,7 +84,10 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
             scored_modes = [m for m in SESSION_MODES if m != "chat"]  # chat sessions have no score to train on
             mode = gr.Dropdown([ANY, *scored_modes], value=ANY, label="Sessions played by")
             since = gr.Number(value=0, label="Only the last N days (0 = all)", minimum=0)
-            minimum = gr.Number(value=4, label="Minimum number of scored sessions", precision=0, minimum=1)
+            minimum = gr.Number(value=4, label="Minimum number of scored sessions", precision=0, minimum=1,
+                                info="What each algorithm learns from: SWEET-RL and multi-turn DPO need a task "
+                                     "with two scored sessions of different rewards (a pair); rejection "
+                                     "fine-tuning a successful session. The check runs before a run starts.")
             actor_pairs = gr.Checkbox(value=True, label="People's turn-level preferences (edits, liked "
                                       "regenerations, votes) train the actor")
             critic_pairs = gr.Checkbox(value=False, label="…and supervise the critic (SWEET)")
