@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from simulators.domain import Episode
-from simulators.store import SessionStore
+from simulators.store import SessionStore, Vote
 
 ELO_SCALE = 400.0
 ELO_BASE = 10.0
@@ -64,9 +64,13 @@ class Battle:
 def stored_battles(store: SessionStore, votes: str = "final", include_unblind: bool = False) -> list[Battle]:
     """The Compare tab's votes (feedback of kind ``vote`` with two named models); blind ones only
     (the arena's) unless ``include_unblind``."""
+    return _battles(store.votes(), votes, include_unblind)
+
+
+def _battles(records: Sequence[Vote], votes: str, include_unblind: bool) -> list[Battle]:
     if votes not in VOTE_SETS:
         raise ValueError(f"votes must be one of {', '.join(VOTE_SETS)}, not {votes!r}")
-    return [Battle(v.model_a, v.model_b, v.winner) for v in store.votes()
+    return [Battle(v.model_a, v.model_b, v.winner) for v in records
             if v.model_a and v.model_b and v.winner in SCORE_OF_WINNER and (include_unblind or v.blind)
             and (votes == "all" or v.final == (votes == "final"))]
 
@@ -75,12 +79,13 @@ def left_out_note(store: SessionStore, votes: str = "final", include_unblind: bo
     """Why stored votes are not in the ratings, said rather than dropped silently: votes that
     were not blind, a model compared with itself (two specs serving one version), and the votes
     of the other set."""
-    chosen = stored_battles(store, votes, include_unblind)
+    records = store.votes()  # read once; each count below is a filter of them
+    chosen = _battles(records, votes, include_unblind)
     with_itself = [b for b in chosen if b.model_a == b.model_b]
     lines = []
     if len(chosen) == len(with_itself):
         lines.append("No votes to rate yet: play a blind battle in the Compare tab's arena.")
-    unblind = len(stored_battles(store, votes, include_unblind=True)) - len(stored_battles(store, votes))
+    unblind = len(_battles(records, votes, True)) - len(_battles(records, votes, False))
     if unblind and not include_unblind:
         lines.append(f"{unblind} vote(s) of the “choose two models” mode left out: the person knew which two "
                      "models they compared. Tick “Include votes that were not blind” to count them.")
@@ -89,7 +94,7 @@ def left_out_note(store: SessionStore, votes: str = "final", include_unblind: bo
         lines.append(f"{len(with_itself)} vote(s) left out: they compare a model with itself ({models}), which says "
                      "nothing about its rating. Two specs can serve the same model (`default` and `current` before "
                      "any promotion).")
-    others = len(stored_battles(store, "all", include_unblind)) - len(chosen)
+    others = len(_battles(records, "all", include_unblind)) - len(chosen)
     if others:
         lines.append(f"{others} {'round' if votes == 'final' else 'final'} vote(s) are not counted in this view; "
                      "choose “All votes” to include them.")

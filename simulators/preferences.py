@@ -15,7 +15,9 @@ conversational format (``to_trl_conversational``).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 
+from simulators.domain import Episode
 from simulators.humans import agent_messages
 from simulators.llm.base import Message
 from simulators.store import SessionStore, Vote
@@ -51,29 +53,29 @@ def preference_pairs(store: SessionStore) -> list[PreferencePair]:
     for event in store.feedback():
         by_session.setdefault(event["session_id"], []).append(event)
     for session_id, events in by_session.items():
-        episode = store.episode(session_id)
-        found = len(pairs)
-        turns = {t["idx"]: t for t in store.turns(session_id)}
+        episode = store.episode(session_id)  # its turns carry each agent turn's exact prompt
+        pair = partial(_pair, episode)
         for i, event in enumerate(events):
-            turn = turns.get(event["turn_idx"])
-            prompt = (turn or {}).get("input")
+            index = event["turn_idx"]
+            turn = episode.turns[index] if index is not None and 0 <= index < len(episode.turns) else None
             if event["kind"] == "vote":
                 vote = Vote.from_payload(event["payload"])
                 chosen, rejected = (vote.a, vote.b) if vote.winner == "a" else (vote.b, vote.a)
                 if vote.winner in ("a", "b") and not vote.final and vote.prompt and chosen != rejected:
-                    pairs.append(PreferencePair(vote.prompt, chosen, rejected, "vote", session_id, event["turn_idx"]))
+                    pairs.append(pair(vote.prompt, chosen, rejected, "vote", index))
                 continue
-            if not prompt or turn["role"] != "agent":
+            if turn is None or not turn.input or turn.role != "agent":
                 continue
             if event["kind"] == "edit" and event["before"] != event["after"]:
-                pairs.append(PreferencePair(prompt, event["after"], event["before"], "edit",
-                                            session_id, event["turn_idx"]))
+                pairs.append(pair(turn.input, event["after"], event["before"], "edit", index))
             elif event["kind"] == "regenerate" and event["after"]:
-                liked_later = any(e["kind"] == "like" and e["turn_idx"] == event["turn_idx"]
-                                  for e in events[i + 1:])
+                liked_later = any(e["kind"] == "like" and e["turn_idx"] == index for e in events[i + 1:])
                 if liked_later and event["after"] != event["before"]:
-                    pairs.append(PreferencePair(prompt, event["after"], event["before"], "regenerate+like",
-                                                session_id, event["turn_idx"]))
-        pairs[found:] = [replace(p, messages=agent_messages(replace(episode, turns=episode.turns[:p.turn_idx])))
-                         for p in pairs[found:]]
+                    pairs.append(pair(turn.input, event["after"], event["before"], "regenerate+like", index))
     return pairs
+
+
+def _pair(episode: Episode, prompt: str, chosen: str, rejected: str, source: str, index: int | None) -> PreferencePair:
+    """A pair on the agent turn at ``index`` of ``episode``, with the messages its prompt was made of."""
+    before = replace(episode, turns=episode.turns[:index])
+    return PreferencePair(prompt, chosen, rejected, source, episode.meta["session_id"], index, agent_messages(before))
