@@ -47,10 +47,10 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
 def append_jsonl(path: str | os.PathLike, row: Any) -> None:
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
