@@ -222,16 +222,6 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         for view in agent_streams(new):
             yield (*view, *unchanged)
 
-    # Uploads are this browser session's own (collab_app.catalog): every lookup names its owner.
-    def pick_random(task_kind, request: gr.Request):
-        try:
-            return ctx.catalog.random(task_kind, owner=request.session_hash).id, ""
-        except KeyError as exc:
-            raise gr.Error(str(exc)) from exc
-
-    def filter_tasks(task_kind, request: gr.Request):
-        return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash), value=None)
-
     def on_upload(file, task_kind, request: gr.Request):
         if file is None:
             return gr.update(), ""
@@ -359,8 +349,8 @@ def build_collaborate_tab(ctx: AppContext) -> None:
         autoplay_btn.click(autoplay, session_state, session_outputs),
         chatbot.edit(on_edit, session_state, session_outputs),
     ]
-    random_btn.click(reported(pick_random), kind, [task_pick, notice])
-    kind.change(filter_tasks, kind, task_pick)
+    random_btn.click(reported(ctx.random_task), kind, [task_pick, notice])
+    kind.change(ctx.task_choices, kind, task_pick)
     upload.upload(on_upload, [upload, kind], [task_pick, upload_note])
     stop_btn.click(lambda s: s and s.stop(), session_state, None, cancels=turn_events)
     undo_btn.click(undo, session_state, [textbox, *session_outputs])

@@ -256,13 +256,6 @@ def build_compare_tab(ctx: AppContext) -> None:
         comparison.end()
         return views(comparison)
 
-    @reported
-    def pick_random(task_kind, request: gr.Request):
-        try:
-            return ctx.catalog.random(task_kind, owner=request.session_hash).id, ""
-        except KeyError as exc:
-            raise gr.Error(str(exc)) from exc
-
     # Events that make the models reply stream the round themselves (no chained step): a refusal
     # is a notice, not an exception, so a chain could not tell it from success.
     how.change(lambda chosen: gr.update(visible=chosen == CHOOSE), how, choose_box)
@@ -274,8 +267,5 @@ def build_compare_tab(ctx: AppContext) -> None:
         trigger(person_sends, [textbox, comparison_state], [textbox, *outputs])
     end_btn.click(end, comparison_state, outputs)
     retry_btn.click(stream, comparison_state, outputs)
-    random_btn.click(pick_random, kind, [task_pick, notice])
-    def filter_tasks(task_kind, request: gr.Request):
-        return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash), value=None)
-
-    kind.change(filter_tasks, kind, task_pick)
+    random_btn.click(reported(ctx.random_task), kind, [task_pick, notice])
+    kind.change(ctx.task_choices, kind, task_pick)

@@ -103,6 +103,19 @@ class AppContext:
                            mode=mode, max_new_tokens=self.config.max_new_tokens,
                            renderer=self.renderer if task.kind == "frontend" else None)
 
+    # The task pickers' handlers (Collaborate, Compare). Uploads are a browser session's own
+    # (collab_app.catalog): every lookup names its owner.
+    def task_choices(self, kind: str, request: gr.Request):
+        """The task dropdown's choices for ``kind``: the loaded tasks and this page's uploads."""
+        return gr.update(choices=self.catalog.choices(kind, request.session_hash), value=None)
+
+    def random_task(self, kind: str, request: gr.Request) -> tuple[str, str]:
+        """A random task's id for the dropdown, and an empty notice."""
+        try:
+            return self.catalog.random(kind, owner=request.session_hash).id, ""
+        except KeyError as exc:
+            raise gr.Error(str(exc)) from exc
+
     def reference_image(self, task: Task):
         """The rendered reference page (cached per task), or None when it does not render."""
         if task.id not in self._reference_images:

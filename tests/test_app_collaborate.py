@@ -141,6 +141,9 @@ def test_an_uploaded_task_is_offered_to_its_uploader_only(tmp_path):
         assert "Multiply the odd" in offered(page)
         other.get_by_text("backend", exact=True).click()  # the other page asks the server for its list
         assert "Multiply" not in offered(other)
+        other.get_by_role("button", name="Random", exact=True).click()  # a random task of the page's own list
+        other.wait_for_function("document.querySelector('#task-pick input').value.startsWith('[backend]')")
+        assert "Multiply" not in other.locator("#task-pick input").input_value()
         page.locator("#task-pick input").click()
         page.locator("#task-pick input").fill("Multiply the odd")
         page.get_by_role("option").filter(has_text="Multiply the odd").first.click()
