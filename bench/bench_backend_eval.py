@@ -46,8 +46,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.humaneval_style import NO_VALUE  # noqa: E402
-from simulators.backend_eval import PER_TEST_TIMEOUT_S, BackendEvaluator  # noqa: E402
 from simulators.domain import Task  # noqa: E402
+from simulators.scoring.backend import PER_TEST_TIMEOUT_S, BackendEvaluator  # noqa: E402
 from simulators.tasks import load_sample_tasks, load_tasks  # noqa: E402
 
 ANCHOR = Path(__file__).resolve().parent / "humaneval_style.py"

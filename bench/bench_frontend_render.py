@@ -36,7 +36,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from simulators.frontend_eval import design_scores  # noqa: E402
 from simulators.paths import web_dir  # noqa: E402
 from simulators.render import (  # noqa: E402
     DEFAULT_CHROMIUM,
@@ -50,6 +49,7 @@ from simulators.render import (  # noqa: E402
     RenderResult,
     placeholder_png,
 )
+from simulators.scoring.design import design_scores  # noqa: E402
 
 DEV_FILE = REPO.parent / "shared" / "colbench" / "frontend_dev.jsonl"
 SAMPLES = REPO / "assets" / "tasks" / "frontend_samples.jsonl"

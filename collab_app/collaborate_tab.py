@@ -14,8 +14,8 @@ from collab_app.context import AppContext
 from collab_app.messages import agent_markdown, message_text, score_summary
 from collab_app.notices import REFUSALS, notice_box, refusal_text, reports_to, warning
 from collab_app.session import LiveSession, SessionError
-from simulators.clip_score import WEIGHTS_ENV as CLIP_WEIGHTS_ENV
 from simulators.llm.base import ModelError
+from simulators.scoring.clip import WEIGHTS_ENV as CLIP_WEIGHTS_ENV
 from simulators.tasks import TaskFileError
 
 NO_SESSION = "Pick a task and press **Start** first."
@@ -62,7 +62,7 @@ def score_markdown(session: LiveSession | None) -> str:
         parts.append(f"- CLIP similarity: **{scores['clip']:.3f}**")
     else:  # one line: the full reason (every place looked in) is in the server log
         parts.append(f"- CLIP: not available, so the reward is the design score. To add it, set `{CLIP_WEIGHTS_ENV}` "
-                     "to the ViT-B-32 weights, or run `python -m simulators.clip_score --download` once online.")
+                     "to the ViT-B-32 weights, or run `python -m simulators.scoring.clip --download` once online.")
     for key in ("design", "design_block_match", "design_text", "design_position", "design_color"):
         if key in scores:
             parts.append(f"- {key.replace('_', ' ')}: {scores[key]:.3f}")

@@ -274,7 +274,7 @@ class Comparison:
     def _render(self, replies: dict[str, Reply]) -> None:
         if self.task.kind != "frontend" or self.renderer is None:
             return
-        from simulators.frontend_eval import extract_html
+        from simulators.scoring.answers import extract_html
 
         pages = {p: extract_html(r.turn.content) for p, r in replies.items()}
         pages = {p: html for p, html in pages.items() if html}

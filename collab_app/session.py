@@ -251,7 +251,7 @@ class LiveSession:
     def _render_into(self, view: AgentTurnView, text: str) -> None:
         if self.task.kind != "frontend" or self.renderer is None:
             return
-        from simulators.frontend_eval import extract_html
+        from simulators.scoring.answers import extract_html
 
         html = extract_html(text)
         if not html:

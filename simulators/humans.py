@@ -149,7 +149,9 @@ class SimulatedHuman:
         return messages
 
     def _frontend_messages(self, episode: Episode) -> list[Message]:
-        from simulators.frontend_eval import describe_differences, extract_html, reference_render
+        from simulators.scoring.answers import extract_html
+        from simulators.scoring.differences import describe_differences
+        from simulators.scoring.frontend import reference_render
 
         task = episode.task
         agent_html = extract_html(episode.turns[-1].content)

@@ -58,7 +58,7 @@ def final_answer(episode: Episode) -> str:
     last = episode.agent_turns[-1].content
     if episode.task.kind == "backend":
         return last.split(ANSWER_MARKER, 1)[1].strip() if ANSWER_MARKER in last else last
-    from simulators.frontend_eval import extract_html
+    from simulators.scoring.answers import extract_html
 
     for turn in reversed(episode.agent_turns):
         html = extract_html(turn.content)

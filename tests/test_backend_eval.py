@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from simulators import scoring
-from simulators.backend_eval import BackendEvaluator, extract_code
 from simulators.domain import ANSWER_MARKER, Episode, Task
+from simulators.scoring.answers import extract_code
+from simulators.scoring.backend import BackendEvaluator
 from simulators.tasks import load_sample_tasks, load_tasks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from simulators import clip_score
-from simulators.clip_score import ClipScorer, ClipUnavailable, default_scorer, image_key, load_clip
+from simulators.scoring import clip
+from simulators.scoring.clip import ClipScorer, ClipUnavailable, default_scorer, image_key, load_clip
 
 
 @pytest.fixture(scope="module")
 def random_clip():
     torch.manual_seed(0)
-    model, _, preprocess = open_clip.create_model_and_transforms(clip_score.MODEL_NAME, pretrained=None)
+    model, _, preprocess = open_clip.create_model_and_transforms(clip.MODEL_NAME, pretrained=None)
     model.eval()
     return model, preprocess
 
@@ -83,15 +83,15 @@ def test_missing_weights_raise_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ClipUnavailable) as error:
         load_clip(tmp_path / "absent.bin")
     message = str(error.value)
-    assert "absent.bin" in message and clip_score.WEIGHTS_ENV in message and "--download" in message
+    assert "absent.bin" in message and clip.WEIGHTS_ENV in message and "--download" in message
 
     empty = tmp_path / "empty-folder"
     empty.mkdir()
     with pytest.raises(ClipUnavailable, match="no CLIP checkpoint"):
         load_clip(empty)
 
-    monkeypatch.setenv(clip_score.WEIGHTS_ENV, str(tmp_path / "also-absent.bin"))
-    monkeypatch.setattr(clip_score, "_default", None)
+    monkeypatch.setenv(clip.WEIGHTS_ENV, str(tmp_path / "also-absent.bin"))
+    monkeypatch.setattr(clip, "_default", None)
     scorer, reason = default_scorer()
     assert scorer is None and "also-absent.bin" in reason
 
@@ -114,7 +114,7 @@ def test_checkpoint_from_file_folder_and_environment(random_clip, tmp_path, monk
     assert torch.equal(loaded.visual.conv1.weight, reference_weight)
     assert not loaded.training
 
-    monkeypatch.setenv(clip_score.WEIGHTS_ENV, str(folder / "open_clip_pytorch_model.bin"))
+    monkeypatch.setenv(clip.WEIGHTS_ENV, str(folder / "open_clip_pytorch_model.bin"))
     from_env, _ = load_clip()
     assert torch.equal(from_env.visual.conv1.weight, reference_weight)
     image = picture("navy", (20, 30))

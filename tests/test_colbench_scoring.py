@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from simulators import scoring
-from simulators.backend_eval import BackendEvaluator
-from simulators.colbench_scoring import (
+from simulators.domain import ANSWER_MARKER, Episode, Task, Turn
+from simulators.sandbox import NAN, Opaque
+from simulators.scoring.backend import BackendEvaluator
+from simulators.scoring.colbench import (
     BLACKLIST,
     REFERENCE_MODULE,
     blacklisted,
@@ -22,8 +24,6 @@ from simulators.colbench_scoring import (
     reference_code,
     reference_equal,
 )
-from simulators.domain import ANSWER_MARKER, Episode, Task, Turn
-from simulators.sandbox import NAN, Opaque
 
 REPO = Path(__file__).resolve().parents[1]
 DOUBLE = "def double(x):\n    return 2 * x\n"

@@ -10,25 +10,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulators import clip_score
 from simulators.domain import Episode, Task, Turn
-from simulators.frontend_eval import (
+from simulators.render import Renderer
+from simulators.scoring import clip
+from simulators.scoring.answers import extract_html
+from simulators.scoring.colors import ciede2000, color_similarity, describe_color, srgb_to_lab
+from simulators.scoring.design import design_scores, min_cost_assignment
+from simulators.scoring.differences import describe_differences
+from simulators.scoring.frontend import (
     FRONTEND_SCORE_KEYS,
     NO_HTML_ERROR,
     check_tasks,
-    ciede2000,
-    color_similarity,
-    describe_color,
-    describe_differences,
-    design_scores,
-    extract_html,
-    min_cost_assignment,
     reference_cache,
     reference_render,
     score_episodes,
-    srgb_to_lab,
 )
-from simulators.render import Renderer
 from simulators.tasks import load_sample_tasks, load_tasks
 
 SHARED_COLBENCH = Path(__file__).resolve().parents[2] / "shared" / "colbench"
@@ -305,13 +301,13 @@ def test_score_episodes_fills_design_scores_without_clip(renderer):
 
 
 def test_missing_clip_weights_give_a_clear_reason_and_no_clip_key(renderer, monkeypatch, tmp_path):
-    monkeypatch.setenv(clip_score.WEIGHTS_ENV, str(tmp_path / "no-such-weights.bin"))
-    monkeypatch.setattr(clip_score, "_default", None)
+    monkeypatch.setenv(clip.WEIGHTS_ENV, str(tmp_path / "no-such-weights.bin"))
+    monkeypatch.setattr(clip, "_default", None)
     episode = episode_with_answer(PAGE)
     score_episodes([episode], renderer=renderer)
     assert "clip" not in episode.scores
     reason = episode.scores["clip_unavailable"]
-    assert "no-such-weights.bin" in reason and clip_score.WEIGHTS_ENV in reason and "--download" in reason
+    assert "no-such-weights.bin" in reason and clip.WEIGHTS_ENV in reason and "--download" in reason
     assert episode.reward == episode.scores["design"] == 1.0
 
 

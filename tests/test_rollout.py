@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from simulators.domain import ANSWER_MARKER, Turn
-from simulators.frontend_eval import extract_html
 from simulators.humans import BACKEND_REPLY_LIMIT, SimulatedHuman, clean_reply, reply_is_settled
 from simulators.llm import GenerationConfig, load_model
 from simulators.llm.scripted import ScriptedModel
 from simulators.rollout import EpisodeProgress, RolloutConfig, new_episode, play, run_rollouts
+from simulators.scoring.answers import extract_html
 from simulators.tasks import load_episodes, load_sample_tasks
 
 REPO = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ HOW_TO_PROVIDE = (
     f"(a) set {WEIGHTS_ENV} to a checkpoint file (open_clip_pytorch_model.bin or "
     f"open_clip_model.safetensors from the Hugging Face repo {HF_REPO}, or OpenAI's ViT-B-32.pt) "
     "or to a folder that holds one; (b) fill the Hugging Face cache once on a machine with internet: "
-    "python -m simulators.clip_score --download (copy ~/.cache/huggingface along if needed). "
+    "python -m simulators.scoring.clip --download (copy ~/.cache/huggingface along if needed). "
     "Until then frontend rewards fall back to the design score."
 )
 

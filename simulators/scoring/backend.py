@@ -34,17 +34,14 @@ How one answer is evaluated:
 
 ``scoring="colbench"`` scores by the reference implementation's rules instead (blacklist, its
 code extraction, its exec scoping, its None rule), still in the sandbox, so that numbers can be
-compared with the paper and HAL: see :mod:`simulators.colbench_scoring`.
+compared with the paper and HAL: see :mod:`simulators.scoring.colbench`.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import os
-import re
-import textwrap
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,14 +50,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from simulators.colbench_scoring import (
-    REFERENCE_MODULE,
-    blacklisted,
-    reference_answer,
-    reference_code,
-    reference_equal,
-)
-from simulators.domain import ANSWER_MARKER, Episode, Task
+from simulators.domain import Episode, Task
 from simulators.sandbox import (
     ERROR_CHARS,
     Isolation,
@@ -71,6 +61,14 @@ from simulators.sandbox import (
     decode_value,
 )
 from simulators.scoring import TaskCheck, check_scoring
+from simulators.scoring.answers import extract_code
+from simulators.scoring.colbench import (
+    REFERENCE_MODULE,
+    blacklisted,
+    reference_answer,
+    reference_code,
+    reference_equal,
+)
 
 PER_TEST_TIMEOUT_S = 1.0  # ColBench calls take milliseconds; a second is generous even on a busy box
 # (and with scoring="colbench" it is the answer's budget for exec + eval: the reference's alarm(1))
@@ -85,76 +83,6 @@ REFERENCE_BATCH_SIZE = 100
 RANDOM_SEED = 0
 
 _PROGRAMS = ("reference", "answer")  # run in this order within a job
-_PYTHON_FENCES = {"", "python", "py", "python3", "py3"}
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(```|\Z)", re.S)  # \Z: an unclosed last fence
-_CODE_START = re.compile(r"^(?:async\s+def|def|class|import|from|@)\b")
-_MAX_TRIM_LINES = 400
-
-
-# --------------------------------------------------------------------------------------------
-# Extracting the answer
-# --------------------------------------------------------------------------------------------
-
-
-def extract_code(message: str | None) -> str | None:
-    """The Python source of an agent's final answer, or None when it holds no code.
-
-    Looks after the last ``I WANT TO ANSWER:`` when present (else, or when nothing is found
-    there, in the whole message). Fenced blocks are preferred: among Python (or untagged)
-    fences, the largest one that parses and defines a function or class (the last of equals);
-    otherwise text is trimmed to the longest stretch that parses, starting at the first
-    ``def``, ``class``, import or decorator line, so chatter before and after code is ignored.
-    A last Python fence left unclosed (the reply hit its token limit) is taken as it stands when
-    nothing else parses: it is scored, and fails with its SyntaxError.
-    """
-    if not message or not message.strip():
-        return None
-    regions = [message]
-    if ANSWER_MARKER in message:
-        regions.insert(0, message.rsplit(ANSWER_MARKER, 1)[1])
-    for region in regions:
-        code = _code_in(region)
-        if code is not None:
-            return code
-    return None
-
-
-def _code_in(text: str) -> str | None:
-    fences = [(textwrap.dedent(body), not end) for lang, body, end in _FENCE.findall(text)
-              if lang.lower() in _PYTHON_FENCES]
-    blocks = [block for block, _ in fences]
-    defining = [block for block in blocks if _defines_something(block)]
-    if defining:
-        return max(reversed(defining), key=len).strip("\n")
-    for candidate in [*sorted(blocks, key=len, reverse=True), text]:
-        code = _trim_to_code(candidate)
-        if code is not None:
-            return code
-    # A reply cut at the token limit inside its code block: run what it wrote, so that every
-    # test reports the SyntaxError instead of "no code" beside a visible ```python block.
-    unclosed = [block for block, cut in fences if cut and any(map(_CODE_START.match, block.splitlines()))]
-    return unclosed[-1].strip("\n") if unclosed else None
-
-
-def _defines_something(code: str) -> bool:
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return False
-    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for node in tree.body)
-
-
-def _trim_to_code(text: str) -> str | None:
-    """The longest run of lines from the first code-looking line that parses and defines something."""
-    lines = textwrap.dedent(text).splitlines()
-    start = next((i for i, line in enumerate(lines) if _CODE_START.match(line)), None)
-    if start is None:
-        return None
-    for end in range(min(len(lines), start + _MAX_TRIM_LINES), start, -1):
-        code = "\n".join(lines[start:end]).strip("\n")
-        if _defines_something(code):
-            return code
-    return None
 
 
 # --------------------------------------------------------------------------------------------

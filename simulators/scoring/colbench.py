@@ -1,6 +1,6 @@
 """ColBench's own backend scorer, reproduced beside ours so numbers compare with the paper and HAL.
 
-``BackendEvaluator`` (:mod:`simulators.backend_eval`) applies these rules with
+``BackendEvaluator`` (:mod:`simulators.scoring.backend`) applies these rules with
 ``scoring="colbench"``; the default, ``"ours"``, stays the fair scorer. Read from
 facebookresearch/sweet_rl: ``sweet_rl/utils/code_utils.py`` (``check_correctness``,
 ``get_function_output``, ``code_evaluate``), ``sweet_rl/environments/human_interaction_env.py``

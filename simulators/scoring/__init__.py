@@ -1,15 +1,24 @@
-"""Score episodes and self-check tasks, whatever their kind.
+"""Scoring: did the agent's final answer do what the hidden reference does?
 
-Backend scoring lives in ``simulators.backend_eval`` (sandboxed test execution), frontend scoring
-in ``simulators.frontend_eval`` (rendering, CLIP, design metrics). Both expose the same two
-functions, and this module dispatches by ``Task.kind`` so callers never need to care.
+What lives here (``simulators`` and everything above it may import this package):
+
+* ``__init__``  this dispatcher: ``score_episodes`` and ``check_tasks`` by ``Task.kind``, so callers
+  never care which kind an episode is; ``SCORERS``, ``TaskCheck``, ``by_scorer_summary``
+* ``answers``   the code or page inside an agent's final message (``extract_code``, ``extract_html``)
+* ``backend``   hidden tests run in the sandbox (``simulators.sandbox``), answer vs reference
+* ``colbench``  the reference implementation's backend rules (``scoring="colbench"``)
+* ``frontend``  both pages rendered (``simulators.render``), then CLIP and the design metrics
+* ``design``    Design2Code-style metrics of two renders; ``colors`` the colour science they use
+* ``differences`` the same comparison in words, for the text-only simulated human
+* ``clip``      CLIP ViT-B/32 similarity of two screenshots, real weights only
+  (``python -m simulators.scoring.clip --download`` fetches them once, online)
 
 Score keys written to ``Episode.scores``:
 
 * backend:  ``tests_passed`` (fraction of the 10 hidden tests), ``success`` (all passed),
   ``tests`` (one dict per test: name, call, expected, got, passed, error), ``sandbox`` (notes),
   ``scoring`` (whose rules: ``"ours"``, or ``"colbench"`` for the reference implementation's,
-  see ``simulators.colbench_scoring``) and ``by_scorer`` (``{scorer: {tests_passed, success}}``
+  see ``simulators.scoring.colbench``) and ``by_scorer`` (``{scorer: {tests_passed, success}}``
   for every scorer that has scored the episode). ``Episode.reward`` = ``tests_passed``, as in
   the paper.
 * frontend: ``clip`` (only when real CLIP weights are present), ``design`` (overall design score)
@@ -98,9 +107,9 @@ def by_scorer_summary(episodes: Sequence[Episode]) -> dict[str, dict]:
 
 def _module(kind: str):
     if kind == "backend":
-        from simulators import backend_eval
+        from simulators.scoring import backend
 
-        return backend_eval
-    from simulators import frontend_eval
+        return backend
+    from simulators.scoring import frontend
 
-    return frontend_eval
+    return frontend
