@@ -32,7 +32,7 @@ class ActorSlot:
         """The model spec served right now (``registry:vNNNN`` or the base for ``current``)."""
         if self.spec != FOLLOW_REGISTRY:
             return self.spec
-        from simulators.registry import ModelRegistry, RegistryError
+        from simulators.llm.registry import ModelRegistry, RegistryError
 
         try:
             current = ModelRegistry().current()

@@ -32,7 +32,7 @@ def arena_pool(arena_models: str, base: str) -> list[str]:
     if arena_models.strip():
         specs = [spec.strip() for spec in arena_models.split(",") if spec.strip()]
     else:
-        from simulators.registry import ModelRegistry, RegistryError
+        from simulators.llm.registry import ModelRegistry, RegistryError
 
         try:
             versions = ModelRegistry().list_versions()

@@ -24,7 +24,7 @@ CHAT_NOTE = "(a Chat-tab conversation: no task and no reference)"
 class ChatLog:
     """A Chat-tab conversation as a stored session of mode ``chat``: no task, no score; message
     ``i`` of the chat is turn ``i``; likes, dislikes, retries and edits are its feedback, so a
-    liked retry is a preference pair (``simulators.preferences``) as in Collaborate."""
+    liked retry is a preference pair (``simulators.store.preferences``) as in Collaborate."""
 
     def __init__(self, store: SessionStore, first_message: str, model_version: str):
         task = Task(id=Task.make_id("backend", first_message, "chat"), kind="backend", source="chat",

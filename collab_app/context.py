@@ -17,7 +17,7 @@ from collab_app.training_jobs import TrainingManager
 from simulators.domain import Task
 from simulators.humans import SimulatedHuman
 from simulators.llm.base import ModelError
-from simulators.registry import ModelRegistry
+from simulators.llm.registry import ModelRegistry
 from simulators.store import SessionStore
 
 

@@ -12,8 +12,8 @@ from collab_app.context import AppContext
 from collab_app.export import NO_PAIRS, export
 from collab_app.messages import agent_markdown
 from collab_app.notices import notice_box
-from simulators.preferences import preference_pairs
 from simulators.store import SESSION_MODES
+from simulators.store.preferences import preference_pairs
 
 COLUMNS = ["session", "started", "kind", "mode", "human", "model", "status", "reward", "rating", "turns"]
 ANY = "any"

@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 from simulators.jsonl import write_jsonl
-from simulators.preferences import preference_pairs
 from simulators.store import SESSION_MODES, SessionStore
+from simulators.store.preferences import preference_pairs
 from simulators.tasks import write_episodes
 
 FORMATS = ("sweet", "trl", "trl-conversational", "hf")

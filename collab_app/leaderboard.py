@@ -260,7 +260,7 @@ def leaderboard(store: SessionStore, *, votes: str = "final", rollout_files: Seq
 
 def registry_evaluations() -> dict[str, dict]:
     """``registry:VERSION`` -> the held-out scores its training run measured (the evaluation gate)."""
-    from simulators.registry import ModelRegistry, RegistryError
+    from simulators.llm.registry import ModelRegistry, RegistryError
 
     try:
         versions = ModelRegistry().list_versions()

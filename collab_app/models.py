@@ -1,6 +1,6 @@
 """``python -m collab_app models list|current|promote|rollback``: choose the version the app serves.
 
-The one command over ``simulators.registry`` (``training loop`` writes the versions it lists).
+The one command over ``simulators.llm.registry`` (``training loop`` writes the versions it lists).
 
 A running app started with ``--model current`` (the default) picks the change up for its next
 session, without a restart; sessions in progress keep their version.
@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 
-from simulators.registry import ModelRegistry, RegistryError
+from simulators.llm.registry import ModelRegistry, RegistryError
 
 
 def version_rows(registry: ModelRegistry) -> list[dict]:

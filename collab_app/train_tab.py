@@ -8,7 +8,7 @@ from collab_app.context import AppContext
 from collab_app.models import version_rows
 from collab_app.notices import notice_box, reports_to
 from collab_app.training_jobs import TrainRequest
-from simulators.registry import ModelRegistry, RegistryError
+from simulators.llm.registry import ModelRegistry, RegistryError
 from simulators.store import SESSION_MODES
 from training import ALGORITHMS
 from training.stats import MIN_TASKS, PairedDifference

@@ -14,8 +14,8 @@ from app_process import browser_page, running_app, start_task, wait_for_text
 from test_app_browser import ANSWER, QUESTION, TASK
 
 from simulators.llm import load_model
-from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
+from simulators.store.preferences import preference_pairs
 
 pytestmark = pytest.mark.slow
 

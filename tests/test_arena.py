@@ -16,7 +16,7 @@ TASK = Task(id="t", kind="backend", problem_description="Identity.", ground_trut
 
 
 def test_the_default_pool_is_the_base_and_every_registry_version(tmp_path, monkeypatch):
-    from simulators.registry import ModelRegistry
+    from simulators.llm.registry import ModelRegistry
 
     monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
     assert arena_pool("", "default") == ["default"]  # an empty registry: one model, no pair

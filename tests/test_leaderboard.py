@@ -112,7 +112,7 @@ def test_leaderboard_joins_votes_with_stored_and_heldout_scores(tmp_path, monkey
 
 
 def test_a_trained_version_brings_its_evaluation_gate_scores(tmp_path, monkeypatch):
-    from simulators.registry import ModelRegistry
+    from simulators.llm.registry import ModelRegistry
 
     monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
     adapter = tmp_path / "adapter"

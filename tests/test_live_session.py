@@ -9,8 +9,8 @@ from collab_app.session import RESAMPLE_TEMPERATURE, LiveSession, SessionError
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Task
 from simulators.llm import load_model
 from simulators.llm.scripted import ScriptedModel
-from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
+from simulators.store.preferences import preference_pairs
 
 TASK = Task(id="sum-task", kind="backend",
             problem_description="Sum the even numbers. The signature of the function is: def sum_even(xs)",

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from simulators.llm import load_model
-from simulators.registry import ModelRegistry, RegistryError, resolve
+from simulators.llm.registry import ModelRegistry, RegistryError, resolve
 
 
 @pytest.fixture(scope="module")

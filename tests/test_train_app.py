@@ -17,7 +17,7 @@ import pytest
 from app_process import browser_page, running_app, start_task
 
 from simulators.domain import Task
-from simulators.registry import ModelRegistry
+from simulators.llm.registry import ModelRegistry
 from simulators.store import SessionStore
 from simulators.tasks import write_tasks
 from training.synthetic import scripted_episode

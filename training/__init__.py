@@ -6,7 +6,7 @@
 * ``training.actor``     best-of-N sampling, critic ranking, turn-level DPO of the actor (§4.3)
 * ``training.baselines`` rejection fine-tuning and multi-turn DPO
 * ``training.evaluate``  rollouts + metrics + win rate; best-of-N by a critic
-* ``training.loop``      one full iteration ending in a new version in ``simulators.registry``
+* ``training.loop``      one full iteration ending in a new version in ``simulators.llm.registry``
 * ``training.stats``     paired bootstrap CIs of differences, the promotion gate
 * ``training.experiment`` the paper's comparison end to end (zero-shot vs SWEET-RL vs baselines)
 

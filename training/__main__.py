@@ -19,7 +19,7 @@ import sys
 
 from simulators.config import add_dataclass_arguments, config_from_args
 from simulators.llm.base import ModelError
-from simulators.registry import RegistryError
+from simulators.llm.registry import RegistryError
 from simulators.tasks import TaskFileError
 from training.actor import ActorConfig
 from training.baselines import MTDPOConfig, RFTConfig

@@ -28,8 +28,8 @@ from pathlib import Path
 from simulators.domain import Episode
 from simulators.humans import agent_messages
 from simulators.jsonl import jsonl_rows
-from simulators.preferences import preference_pairs
 from simulators.store import SessionStore
+from simulators.store.preferences import preference_pairs
 from simulators.tasks import TaskFileError, load_episodes, split_paths
 
 REWARD_KEYS = ("reward", "success", "tests_passed", "clip", "design", "rating")

@@ -88,7 +88,7 @@ class TrainOptions:
 def model_source(spec: str) -> tuple[str, str | None]:
     """(base weights directory or hub id, adapter directory or None) for a model spec."""
     if spec.startswith("registry:"):
-        from simulators.registry import resolve
+        from simulators.llm.registry import resolve
 
         base, adapter = resolve(spec.removeprefix("registry:"))
         return model_source(base)[0], adapter
@@ -105,7 +105,7 @@ def model_source(spec: str) -> tuple[str, str | None]:
 def base_spec(spec: str) -> str:
     """The base model spec under ``spec`` (a registry version's base; the spec itself otherwise)."""
     if spec.startswith("registry:"):
-        from simulators.registry import resolve
+        from simulators.llm.registry import resolve
 
         return resolve(spec.removeprefix("registry:"))[0]
     return spec

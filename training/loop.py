@@ -24,7 +24,7 @@ from pathlib import Path
 
 from simulators.domain import MAX_ROUNDS
 from simulators.llm import load_model
-from simulators.registry import ModelRegistry
+from simulators.llm.registry import ModelRegistry
 from simulators.tasks import load_episodes, read_task_file
 from training import ALGORITHMS
 from training.actor import ActorConfig, train_actor

@@ -94,7 +94,7 @@ def load_model(spec: str, *, adapter: str | None = None) -> ChatModel:
 
 def _load_registry_version(spec: ModelSpec, adapter: str | None) -> ChatModel:
     """A trained actor: its base model with its LoRA adapter, named by its registry version."""
-    from simulators.registry import RegistryError, resolve
+    from simulators.llm.registry import RegistryError, resolve
 
     if adapter is not None:
         raise ModelError("a registry version already names its adapter")

@@ -1,7 +1,6 @@
 """The session database: every collaboration the app hosts, turn by turn, in SQLite.
 
-It lives in ``simulators`` (the bottom layer) because training reads it as much as the app writes
-it. WAL mode lets training read while the app writes; each write is its own transaction, so a
+WAL mode lets training read while the app writes; each write is its own transaction, so a
 killed app loses nothing that was shown. The schema is versioned with ``PRAGMA user_version``:
 ``MIGRATIONS[i]`` (a tuple of statements) upgrades version ``i`` to ``i + 1``.
 """

@@ -20,7 +20,7 @@ from functools import partial
 from simulators.domain import Episode
 from simulators.humans import agent_messages
 from simulators.llm.base import Message
-from simulators.store import SessionStore, Vote
+from simulators.store.sessions import SessionStore, Vote
 
 
 @dataclass
