@@ -76,7 +76,7 @@ def rollout(tree: Path, out: Path, args, threads: int, ours: bool) -> dict:
 
 
 def dialogues(path: Path) -> dict[tuple[str, int], list[tuple[str, str]]]:
-    from simulators.tasks import load_episodes
+    from simulators.trajectories import load_episodes
 
     return {e.sample_key: [(t.role, t.content) for t in e.turns]
             for e in load_episodes(path).items}

@@ -162,8 +162,8 @@ def worker_critic_trl(args) -> dict:
 
 
 def worker_sampling(args) -> dict:
-    from simulators.humans import agent_messages
     from simulators.llm import GenerationConfig, load_model
+    from simulators.prompts import agent_messages
     from simulators.rollout import new_episode
     from simulators.tasks import load_tasks
 

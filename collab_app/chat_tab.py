@@ -13,11 +13,11 @@ from collab_app.messages import message_text, to_model_messages
 from collab_app.notices import notice_box, reports_to
 from collab_app.session import RESAMPLE_TEMPERATURE, fresh_seed
 from simulators.domain import Task, Turn
-from simulators.humans import load_prompt
 from simulators.llm import GenerationConfig, ModelError
+from simulators.prompts import load_prompt
 from simulators.store import SessionStore
 
-SYSTEM_PROMPT = load_prompt("chat")  # assets/prompts/chat.txt (simulators.humans.agent_messages knows it too)
+SYSTEM_PROMPT = load_prompt("chat")  # assets/prompts/chat.txt (simulators.prompts.agent_messages knows it too)
 CHAT_NOTE = "(a Chat-tab conversation: no task and no reference)"
 
 

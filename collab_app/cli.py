@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from simulators.config import add_dataclass_arguments, config_from_args
+from simulators.dataclass_args import add_dataclass_arguments, config_from_args
 
 # Gradio must never phone home: set before anything imports it.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -50,8 +50,8 @@ from typing import Literal
 from collab_app.arena import names_itself
 from collab_app.session import RESAMPLE_TEMPERATURE, SessionError, fresh_seed
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
-from simulators.humans import agent_messages
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
+from simulators.prompts import agent_messages
 from simulators.rollout import final_answer
 from simulators.store import SessionStore, Vote
 

@@ -1,6 +1,6 @@
 """Export the session database for training and sharing.
 
-* ``sweet`` — sweet_rl trajectory JSONL, one line per session (``simulators.tasks.load_episodes`` reads it);
+* ``sweet`` — sweet_rl trajectory JSONL, one line per session (``simulators.trajectories.load_episodes`` reads it);
 * ``trl``   — TRL preference JSONL (``prompt``, ``chosen``, ``rejected``) from edits, regenerations and votes,
   the prompt as the exact text the model saw (its chat template applied);
 * ``trl-conversational`` — the same pairs in TRL's conversational format: the prompt as a list of
@@ -17,7 +17,7 @@ from pathlib import Path
 from simulators.jsonl import write_jsonl
 from simulators.store import SESSION_MODES, SessionStore
 from simulators.store.preferences import preference_pairs
-from simulators.tasks import write_episodes
+from simulators.trajectories import write_episodes
 
 FORMATS = ("sweet", "trl", "trl-conversational", "hf")
 TRAJECTORY_FEATURES = {"session_id": "string", "task_kind": "string", "mode": "string", "model_version": "string",

@@ -212,7 +212,7 @@ def leaderboard(store: SessionStore, *, votes: str = "final", rollout_files: Seq
                 bootstrap_rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0,
                 include_unblind: bool = False) -> list[LeaderboardRow]:
     """Every model that was voted on, scored in the store or rolled out, best rating first."""
-    from simulators.tasks import load_episodes
+    from simulators.trajectories import load_episodes
 
     battles = stored_battles(store, votes, include_unblind)
     ratings = fit_ratings(battles)

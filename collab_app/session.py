@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
-from simulators.humans import SimulatedHuman, agent_messages
+from simulators.humans import SimulatedHuman
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
+from simulators.prompts import agent_messages
 from simulators.rollout import final_answer, new_episode
 from simulators.store import SessionStore
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from simulators.jsonl import write_jsonl
 from simulators.paths import collab_home
 from simulators.store import SessionStore
-from simulators.tasks import write_episodes
+from simulators.trajectories import write_episodes
 from training import ALGORITHMS
 from training.data import best_trajectories, store_preference_rows, trajectory_pairs
 

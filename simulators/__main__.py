@@ -11,10 +11,11 @@ import json
 import sys
 from collections.abc import Sequence
 
-from simulators.config import add_dataclass_arguments, config_from_args
+from simulators.dataclass_args import add_dataclass_arguments, config_from_args
 from simulators.llm.base import ModelError
 from simulators.rollout import RolloutConfig
-from simulators.tasks import TaskFileError, load_episodes, load_tasks, read_task_file, write_episodes
+from simulators.tasks import TaskFileError, load_tasks, read_task_file
+from simulators.trajectories import load_episodes, write_episodes
 
 
 def cmd_check_tasks(args: argparse.Namespace) -> int:

@@ -1,7 +1,6 @@
-"""The two sides of a ColBench conversation as chat messages: the agent's prompt and the simulated human.
+"""The simulated human of a ColBench conversation (the agent's side is ``simulators.prompts``).
 
-The agent sees a system prompt (``assets/prompts/agent_<kind>.txt``) and the dialogue, with its
-own turns as ``assistant`` and the human's as ``user``. The simulated human is an LLM that sees the
+The simulated human is an LLM that sees the
 problem, the hidden information and the dialogue with the roles flipped; its replies are cleaned
 so they stay brief and never leak code (ColBench caps them at 400 characters for backend tasks and
 1000 for frontend tasks).
@@ -12,11 +11,11 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Sequence
-from functools import cache, partial
+from functools import partial
 
-from simulators.domain import MAX_ROUNDS, Episode, Task
+from simulators.domain import Episode, Task
 from simulators.llm.base import ChatModel, GenerationConfig, Message
-from simulators.tasks import ASSETS_DIR
+from simulators.prompts import load_prompt
 
 BACKEND_REPLY_LIMIT = 400
 BACKEND_SENTENCES = 2  # a backend reply keeps at most two sentences
@@ -24,24 +23,6 @@ FRONTEND_REPLY_LIMIT = 1000
 _FENCED_CODE = re.compile(r"```.*?(```|$)", re.DOTALL)
 _HTML_BLOCK = re.compile(r"<(html|body|div|head|style|script)\b.*?(</\1>|$)", re.DOTALL | re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-@cache
-def load_prompt(name: str) -> str:
-    return (ASSETS_DIR / "prompts" / f"{name}.txt").read_text(encoding="utf-8").strip()
-
-
-def agent_messages(episode: Episode, max_rounds: int = MAX_ROUNDS) -> list[Message]:
-    """What the agent is conditioned on at its next turn (its observation o_t in the paper); a
-    stored Chat-tab conversation (mode ``chat``) had the Chat tab's prompt instead."""
-    if episode.meta.get("mode") == "chat":
-        system = load_prompt("chat")
-    else:
-        system = load_prompt(f"agent_{episode.task.kind}").format(max_rounds=max_rounds)
-    messages = [{"role": "system", "content": system}]
-    messages += [{"role": "assistant" if t.role == "agent" else "user", "content": t.content}
-                 for t in episode.turns]
-    return messages
 
 
 def clean_reply(text: str, *, limit: int, hidden: str = "", max_sentences: int | None = None) -> str:

@@ -20,9 +20,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
-from simulators.humans import SimulatedHuman, agent_messages
+from simulators.humans import SimulatedHuman
 from simulators.llm.base import ChatModel, GenerationConfig
-from simulators.tasks import append_episode, load_episodes
+from simulators.prompts import agent_messages
+from simulators.trajectories import append_episode, load_episodes
 
 
 @dataclass

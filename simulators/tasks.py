@@ -1,4 +1,4 @@
-"""Read and write ColBench task files and sweet_rl trajectory files.
+"""Read and write ColBench task files (trajectory files: ``simulators.trajectories``).
 
 Accepted task layouts (one JSON object per line):
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulators.domain import Episode, Task, TaskKind
+from simulators.domain import Task, TaskKind
 from simulators.jsonl import jsonl_rows, write_jsonl
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -88,7 +88,7 @@ def task_from_row(row: dict[str, Any], *, kind: TaskKind | None = None, source: 
     )
 
 
-def _open_checked(path: str | os.PathLike) -> Path:
+def open_checked(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise TaskFileError(f"{path}: no such file")
@@ -97,7 +97,7 @@ def _open_checked(path: str | os.PathLike) -> Path:
 
 def load_tasks(path: str | os.PathLike, *, kind: TaskKind | None = None) -> LoadReport:
     """Read a task file (JSONL, or a JSON list). Malformed lines go to ``report.errors``."""
-    path = _open_checked(path)
+    path = open_checked(path)
     report = LoadReport()
     if path.suffix == ".json":  # a JSON array of task objects
         try:
@@ -163,32 +163,3 @@ def read_task_file(paths: str, kind: str = "", limit: int = 0) -> list[Task]:
 
 def write_tasks(tasks: Iterable[Task], path: str | os.PathLike) -> None:
     write_jsonl(path, (task.to_colbench() for task in tasks))
-
-
-def load_episodes(path: str | os.PathLike, *, kind: TaskKind | None = None) -> LoadReport:
-    """Read a sweet_rl trajectory JSONL file ({task, dialogue_history, answer, reward})."""
-    path = _open_checked(path)
-    report = LoadReport()
-    for lineno, row, error in jsonl_rows(path):
-        where = f"{path}:{lineno}"
-        if error is None:
-            try:
-                report.items.append(Episode.from_sweet(row, kind=kind, source=where))
-                continue
-            except (ValueError, TypeError) as exc:
-                error = str(exc)
-        report.errors.append(f"{where}: {error}")
-    return report
-
-
-def append_episode(episode: Episode, path: str | os.PathLike) -> None:
-    """Append one trajectory line and flush it, so a killed rollout keeps what it finished."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(episode.to_json() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def write_episodes(episodes: Iterable[Episode], path: str | os.PathLike) -> None:
-    """Rewrite a trajectory file atomically (write to a temp file, then rename)."""
-    write_jsonl(path, (episode.to_sweet() for episode in episodes))

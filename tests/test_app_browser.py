@@ -17,7 +17,8 @@ from app_process import REPO, agent_messages, browser_page, running_app, start_t
 
 from simulators.domain import ANSWER_MARKER
 from simulators.store import SessionStore
-from simulators.tasks import load_episodes, load_sample_tasks
+from simulators.tasks import load_sample_tasks
+from simulators.trajectories import load_episodes
 
 pytestmark = pytest.mark.slow
 

@@ -264,7 +264,7 @@ def test_reference_results_are_cached_per_scorer(evaluator):
 
 
 def test_training_evaluate_scores_with_the_chosen_scorer_and_keeps_both(tmp_path):
-    from simulators.tasks import load_episodes
+    from simulators.trajectories import load_episodes
     from training.evaluate import EvaluateConfig, run_evaluation
 
     helper = "def helper(x):\n    return x + x\n\ndef double(x):\n    return helper(x)\n"
@@ -286,7 +286,7 @@ def test_training_evaluate_scores_with_the_chosen_scorer_and_keeps_both(tmp_path
 
 
 def test_evaluate_cli_rescores_a_rollout_file_and_reports_both_scorers(tmp_path):
-    from simulators.tasks import load_episodes, write_episodes
+    from simulators.trajectories import load_episodes, write_episodes
 
     helper = "def helper(x):\n    return x + x\n\ndef double(x):\n    return helper(x)\n"
     episode = Episode(task=double_task(), turns=[Turn("human", "p"), Turn("agent", f"{ANSWER_MARKER}\n{helper}")],

@@ -1,8 +1,9 @@
 """The agent's prompt and the simulated human's prompt and reply cleaning."""
 
 from simulators.domain import Episode, Task, Turn
-from simulators.humans import BACKEND_REPLY_LIMIT, SimulatedHuman, agent_messages, clean_reply
+from simulators.humans import BACKEND_REPLY_LIMIT, SimulatedHuman, clean_reply
 from simulators.llm import load_model
+from simulators.prompts import agent_messages
 
 REFERENCE = "def shipping_cost(weight_kg, express):\n    base = 4.5 if weight_kg <= 2 else 9.0\n    return base * (2 if express else 1)"
 TASK = Task(id="t1", kind="backend", problem_description="Compute shipping. The signature of the function is: "

@@ -24,7 +24,7 @@ from collab_app.leaderboard import (
 )
 from simulators.domain import Episode, Task, Turn
 from simulators.store import SessionStore
-from simulators.tasks import write_episodes
+from simulators.trajectories import write_episodes
 
 TRUE_RATINGS = {"alpha": 1150.0, "beta": 1050.0, "gamma": 950.0, "delta": 850.0}  # mean 1000
 TASK = Task(id="t", kind="backend", problem_description="Identity.", ground_truth="def f(x):\n    return x",

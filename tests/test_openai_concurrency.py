@@ -24,7 +24,8 @@ from simulators.llm import GenerationConfig, ModelError
 from simulators.llm.openai_client import OpenAIChatModel
 from simulators.llm.scripted import ScriptedModel
 from simulators.rollout import RolloutConfig, run_rollouts
-from simulators.tasks import load_episodes, read_task_file
+from simulators.tasks import read_task_file
+from simulators.trajectories import load_episodes
 
 server = test_openai_backend.server  # the tiny model served by `python -m collab_app serve-model`
 MESSAGES = [{"role": "user", "content": "Write a Python function that adds two numbers."}]

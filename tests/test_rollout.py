@@ -14,7 +14,8 @@ from simulators.llm import GenerationConfig, load_model
 from simulators.llm.scripted import ScriptedModel
 from simulators.rollout import EpisodeProgress, RolloutConfig, new_episode, play, run_rollouts
 from simulators.scoring.answers import extract_html
-from simulators.tasks import load_episodes, load_sample_tasks
+from simulators.tasks import load_sample_tasks
+from simulators.trajectories import load_episodes
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,15 +6,8 @@ from pathlib import Path
 import pytest
 
 from simulators.domain import ANSWER_MARKER, Episode, Task, Turn
-from simulators.tasks import (
-    TaskFileError,
-    append_episode,
-    load_episodes,
-    load_sample_tasks,
-    load_tasks,
-    write_episodes,
-    write_tasks,
-)
+from simulators.tasks import TaskFileError, load_sample_tasks, load_tasks, write_tasks
+from simulators.trajectories import append_episode, load_episodes, write_episodes
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "colbench"
 

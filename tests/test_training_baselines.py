@@ -12,7 +12,7 @@ import torch
 from simulators.domain import Task
 from simulators.llm import load_model
 from simulators.llm.registry import ModelRegistry
-from simulators.tasks import write_episodes
+from simulators.trajectories import write_episodes
 from training.baselines import MTDPOConfig, RFTConfig, train_mtdpo, train_rft
 from training.loop import LoopConfig, run_loop
 from training.synthetic import scripted_episode

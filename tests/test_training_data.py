@@ -7,7 +7,7 @@ import pytest
 
 from simulators.domain import Episode, Task, Turn
 from simulators.store import SessionStore
-from simulators.tasks import write_episodes
+from simulators.trajectories import write_episodes
 from training.data import (
     action_ids,
     action_tokens,

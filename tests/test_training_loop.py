@@ -11,7 +11,7 @@ import pytest
 from simulators.domain import Task
 from simulators.llm import load_model
 from simulators.llm.registry import ModelRegistry
-from simulators.tasks import load_episodes, write_episodes
+from simulators.trajectories import load_episodes, write_episodes
 from training.__main__ import COMMANDS, build_parser, main
 from training.synthetic import scripted_episode
 

@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from simulators.config import add_dataclass_arguments, config_from_args
+from simulators.dataclass_args import add_dataclass_arguments, config_from_args
 from simulators.llm.base import ModelError
 from simulators.llm.registry import RegistryError
 from simulators.tasks import TaskFileError

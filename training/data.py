@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulators.domain import Episode
-from simulators.humans import agent_messages
 from simulators.jsonl import jsonl_rows
+from simulators.prompts import agent_messages
 from simulators.store import SessionStore
 from simulators.store.preferences import preference_pairs
-from simulators.tasks import TaskFileError, load_episodes, split_paths
+from simulators.tasks import TaskFileError, split_paths
+from simulators.trajectories import load_episodes
 
 REWARD_KEYS = ("reward", "success", "tests_passed", "clip", "design", "rating")
 PAIRING_RULES = ("auto", "success", "threshold")

@@ -15,7 +15,8 @@ from pathlib import Path
 from simulators.domain import MAX_ROUNDS, Episode, Task
 from simulators.llm import ChatModel, GenerationConfig, Message, load_model
 from simulators.llm.openai_client import DEFAULT_CONCURRENCY, use_concurrency
-from simulators.tasks import load_episodes, read_task_file, write_episodes
+from simulators.tasks import read_task_file
+from simulators.trajectories import load_episodes, write_episodes
 from training.stats import matched_pairs
 
 METRICS = ("success", "tests_passed", "clip", "design", "rating")

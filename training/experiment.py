@@ -46,15 +46,8 @@ from pathlib import Path
 
 from simulators.domain import Episode, Task
 from simulators.scoring import SCORERS, check_scoring, score_episodes
-from simulators.tasks import (
-    load_episodes,
-    load_tasks,
-    read_task_file,
-    sample_task_files,
-    split_paths,
-    write_episodes,
-    write_tasks,
-)
+from simulators.tasks import load_tasks, read_task_file, sample_task_files, split_paths, write_tasks
+from simulators.trajectories import load_episodes, write_episodes
 from training.data import PAIRING_RULES, REWARD_KEYS
 from training.evaluate import EvaluateConfig, check_simulator_vision, metrics, run_evaluation, win_rate
 from training.stats import compare_episodes, gate

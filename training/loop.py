@@ -25,7 +25,8 @@ from pathlib import Path
 from simulators.domain import MAX_ROUNDS
 from simulators.llm import load_model
 from simulators.llm.registry import ModelRegistry
-from simulators.tasks import load_episodes, read_task_file
+from simulators.tasks import read_task_file
+from simulators.trajectories import load_episodes
 from training import ALGORITHMS
 from training.actor import ActorConfig, train_actor
 from training.baselines import MTDPOConfig, RFTConfig, train_mtdpo, train_rft

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from simulators.domain import Episode, Task, Turn
-from simulators.humans import agent_messages
+from simulators.prompts import agent_messages
 
 
 def scripted_episode(

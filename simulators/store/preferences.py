@@ -8,7 +8,7 @@
 
 Each pair carries the agent's exact prompt at that turn, so it is a TRL preference row
 (``prompt``, ``chosen``, ``rejected``) and a direct DPO pair for the actor, and the messages that
-prompt was made of (``simulators.humans.agent_messages`` of the turns before it), for TRL's
+prompt was made of (``simulators.prompts.agent_messages`` of the turns before it), for TRL's
 conversational format (``to_trl_conversational``).
 """
 
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 from simulators.domain import Episode
-from simulators.humans import agent_messages
 from simulators.llm.base import Message
+from simulators.prompts import agent_messages
 from simulators.store.sessions import SessionStore, Vote
 
 
