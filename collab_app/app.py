@@ -8,14 +8,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from collab_app.chat_tab import build_chat_tab  # noqa: E402
 from collab_app.cli import AppConfig  # noqa: E402
-from collab_app.collaborate_tab import build_collaborate_tab  # noqa: E402
-from collab_app.compare_tab import build_compare_tab  # noqa: E402
 from collab_app.context import AppContext  # noqa: E402
-from collab_app.data_tab import build_data_tab  # noqa: E402
-from collab_app.leaderboard_tab import build_leaderboard_tab  # noqa: E402
-from collab_app.train_tab import build_train_tab  # noqa: E402
+from collab_app.tabs.chat import build_chat_tab  # noqa: E402
+from collab_app.tabs.collaborate import build_collaborate_tab  # noqa: E402
+from collab_app.tabs.compare import build_compare_tab  # noqa: E402
+from collab_app.tabs.data import build_data_tab  # noqa: E402
+from collab_app.tabs.leaderboard import build_leaderboard_tab  # noqa: E402
+from collab_app.tabs.train import build_train_tab  # noqa: E402
 
 # System fonts only: the default theme would make every browser fetch Google Fonts.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"],

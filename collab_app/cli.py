@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] and argv[0] in SUBCOMMANDS:  # each command parses its own flags
-        module = importlib.import_module(f"collab_app.{argv[0].replace('-', '_')}")
+        module = importlib.import_module(f"collab_app.commands.{argv[0].replace('-', '_')}")
         return module.main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)

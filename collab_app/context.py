@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from collab_app.actor import FOLLOW_REGISTRY, ActorSlot
 from collab_app.catalog import TaskCatalog
 from collab_app.cli import AppConfig
 from collab_app.messages import valid_unicode
+from collab_app.model_slot import FOLLOW_REGISTRY, ModelSlot
 from collab_app.session import LiveSession
 from collab_app.training_jobs import TrainingManager
 from simulators.domain import Task
@@ -24,18 +24,18 @@ from simulators.store import SessionStore
 @dataclass
 class AppContext:
     config: AppConfig
-    actor: ActorSlot = field(init=False)
-    simulator_slot: ActorSlot = field(init=False)
+    actor: ModelSlot = field(init=False)
+    simulator_slot: ModelSlot = field(init=False)
     store: SessionStore = field(init=False)
     catalog: TaskCatalog = field(init=False)
     training: TrainingManager = field(init=False)
     _reference_images: dict = field(default_factory=dict, init=False)
-    _model_slots: dict = field(default_factory=dict, init=False)  # spec -> ActorSlot (Compare tab)
+    _model_slots: dict = field(default_factory=dict, init=False)  # spec -> ModelSlot (Compare tab)
 
     def __post_init__(self) -> None:
-        self.actor = ActorSlot(self.config.model, base=self.config.base)
+        self.actor = ModelSlot(self.config.model, base=self.config.base)
         same = self.config.simulator in ("", self.config.model)
-        self.simulator_slot = self.actor if same else ActorSlot(self.config.simulator)
+        self.simulator_slot = self.actor if same else ModelSlot(self.config.simulator)
         self.store = SessionStore(self.config.db or None)
         self.catalog = TaskCatalog(self.config.tasks)
         self.training = TrainingManager(self.store, eval_tasks=",".join(self.config.tasks), base=self.config.base,
@@ -63,13 +63,13 @@ class AppContext:
             registry.set_current(version, reason=reason)
         self.actor.get()  # an app following the registry loads the new version now, not mid-session
 
-    def model_slot(self, spec: str) -> ActorSlot:
+    def model_slot(self, spec: str) -> ModelSlot:
         """Any model by spec, loaded once and shared by every tab; the agent's spec, or the spec it
         serves now (``default`` under ``current`` before any promotion), is the agent's slot."""
         spec = spec.strip()
         if spec in (self.config.model, self.actor.resolved_spec()):
             return self.actor
-        return self._model_slots.setdefault(spec, ActorSlot(spec))
+        return self._model_slots.setdefault(spec, ModelSlot(spec))
 
     def person_message(self, text: str | None, empty: str = "Type a message first.") -> str:
         """A person's message, stripped and valid Unicode; refused with a notice when empty or over

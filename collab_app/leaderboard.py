@@ -1,7 +1,6 @@
-"""Leaderboard: Bradley–Terry ratings from the Compare tab's votes, beside automatic ColBench scores.
-
-    python -m collab_app leaderboard --db PATH [--votes final|round|all] [--include-unblind]
-                                     [--rollouts FILE]... [--plot PNG]
+"""Leaderboard: Bradley–Terry ratings from the Compare tab's votes, beside automatic ColBench scores
+(shown by the Leaderboard tab, ``collab_app.tabs.leaderboard``, and printed by
+``python -m collab_app leaderboard``, ``collab_app.commands.leaderboard``).
 
 Ratings are computed as chat arenas compute them: a Bradley–Terry model, P(i beats j) =
 1 / (1 + 10^((R_j - R_i) / 400)), fitted to all votes at once by maximum likelihood (logistic
@@ -31,11 +30,9 @@ for a registry version, from the evaluation gate of the run that trained it.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -332,38 +329,3 @@ def ratings_figure(rows: Sequence[LeaderboardRow]):
 
 def _short(model: str, limit: int = 40) -> str:
     return model if len(model) <= limit else "…" + model[-(limit - 1):]
-
-
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m collab_app leaderboard",
-                                     description="Bradley–Terry ratings from the Compare tab's votes, with "
-                                                 "bootstrap intervals and automatic ColBench scores.")
-    parser.add_argument("--db", default="", help="session database (default: $COLLAB_HOME/collab.sqlite)")
-    parser.add_argument("--votes", choices=VOTE_SETS, default="final",
-                        help="final: one overall vote per comparison (default); round: one per round; all: both")
-    parser.add_argument("--include-unblind", action="store_true",
-                        help="also rate the votes of the Compare tab's 'choose two models' mode (not blind)")
-    parser.add_argument("--rollouts", action="append", default=[], metavar="FILE",
-                        help="held-out rollout JSONL (sweet_rl layout) to score each model on; repeatable")
-    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP_ROUNDS, help="bootstrap resamples (0 = no CI)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--plot", metavar="PNG", help="also save the ratings chart as a PNG")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
-    args = parser.parse_args(argv)
-    if args.db and not Path(args.db).is_file():
-        parser.error(f"{args.db}: no such database")
-    for path in args.rollouts:
-        if not Path(path).is_file():
-            parser.error(f"{path}: no such rollout file")
-    rows = leaderboard(SessionStore(args.db or None), votes=args.votes, rollout_files=args.rollouts,
-                       bootstrap_rounds=args.bootstrap, seed=args.seed, include_unblind=args.include_unblind)
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        print(format_table(rows) if rows else "No votes or scored sessions yet.")
-        note = left_out_note(SessionStore(args.db or None), args.votes, args.include_unblind)
-        if note and rows:
-            print("\n" + note)
-    if args.plot:
-        ratings_figure(rows).savefig(args.plot, dpi=120)
-    return 0

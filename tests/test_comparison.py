@@ -8,8 +8,8 @@ import random
 import pytest
 from conftest import build_tiny_model, build_tiny_tokenizer
 
+from collab_app.commands.export import export
 from collab_app.comparison import Comparison, side_answer
-from collab_app.export import export
 from collab_app.session import SessionError
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Task, Turn
 from simulators.llm import load_model

@@ -1,4 +1,4 @@
-"""OpenAIChatModel against a real ``collab_app.serve_model`` subprocess serving the tiny model."""
+"""OpenAIChatModel against a real ``collab_app.commands.serve_model`` subprocess serving the tiny model."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def server(tiny_model_dir):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), HF_HUB_OFFLINE="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "collab_app.serve_model", "--model", f"local:{tiny_model_dir}",
+        [sys.executable, "-m", "collab_app.commands.serve_model", "--model", f"local:{tiny_model_dir}",
          "--port", str(port), "--served-name", "tiny"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}"

@@ -1,7 +1,7 @@
 """Rollouts against a served model at scale: many requests in flight, transient failures retried,
 permanent ones reported at once, finished episodes never lost.
 
-Everything runs over real HTTP: ``collab_app.serve_model`` serving the tiny model (the fixture of
+Everything runs over real HTTP: ``collab_app.commands.serve_model`` serving the tiny model (the fixture of
 ``test_openai_backend``) and, in front of it, ``FlakyProxy``, a stdlib HTTP server that forwards
 requests, fails those its plan says (503, 429, 400, a dropped connection) and counts how many
 requests are in flight at once.

@@ -104,7 +104,7 @@ def test_module_level_resolve_uses_the_registry_under_collab_home(tmp_path, adap
 
 
 def test_the_one_registry_command_lists_promotes_shows_and_rolls_back(tmp_path, adapter_dir, monkeypatch, capsys):
-    from collab_app.models import main
+    from collab_app.commands.models import main
 
     monkeypatch.setenv("COLLAB_HOME", str(tmp_path))
     registry = ModelRegistry()

@@ -70,7 +70,7 @@ def test_continuous_mode_is_due_after_n_new_scored_sessions(manager):
 
 
 def test_the_train_tab_shows_the_gate_verdict_with_the_paired_ci_and_n():
-    from collab_app.train_tab import evaluation_markdown
+    from collab_app.tabs.train import evaluation_markdown
     from training.stats import gate, paired_bootstrap
 
     def status(decision, promoted=False):

@@ -1,4 +1,4 @@
-"""A ``ChatModel`` over any OpenAI-compatible HTTP endpoint (``vllm serve``, ``collab_app.serve_model``).
+"""A ``ChatModel`` over any OpenAI-compatible HTTP endpoint (``vllm serve``, ``collab_app.commands.serve_model``).
 
 Talks plain HTTP with httpx (no ``openai`` package). A batched ``sample`` keeps up to
 ``concurrency`` requests in flight (the server batches what it receives together). Transient
@@ -184,7 +184,7 @@ class OpenAIChatModel(ChatModel):
 
     def completion_logprobs(self, prompt: str, completion: str) -> list[float]:
         """Per-token log-probs via ``/completions`` with ``echo``, ``logprobs`` and ``max_tokens=0``
-        (vLLM and ``collab_app.serve_model`` support it). The server tokenises prompt + completion
+        (vLLM and ``collab_app.commands.serve_model`` support it). The server tokenises prompt + completion
         as one text; tokens that cover any completion character are returned. For chat prompts
         (which end in a newline or a special token) that boundary is exact."""
         if not completion:
@@ -199,10 +199,10 @@ class OpenAIChatModel(ChatModel):
             raise
         except EndpointRefused as error:
             raise ModelError(f"{error} (prompt log-probs need echo + logprobs + max_tokens=0 "
-                             "on /completions, as vLLM and collab_app.serve_model provide)") from error
+                             "on /completions, as vLLM and collab_app.commands.serve_model provide)") from error
         except (KeyError, IndexError, TypeError) as error:
             raise ModelError(f"{url} does not return prompt log-probs (echo + logprobs + max_tokens=0); "
-                             "use a vLLM or collab_app.serve_model endpoint") from error
+                             "use a vLLM or collab_app.commands.serve_model endpoint") from error
         # A token covers completion text when it ends after the prompt does (next token's offset).
         ends = offsets[1:] + [len(prompt) + len(completion)]
         return [lp for end, lp in zip(ends, token_logprobs, strict=True) if end > len(prompt) and lp is not None]

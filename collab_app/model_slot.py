@@ -19,7 +19,7 @@ from simulators.llm import ChatModel, ModelError, load_model
 FOLLOW_REGISTRY = "current"
 
 
-class ActorSlot:
+class ModelSlot:
     def __init__(self, spec: str, base: str = "default"):
         self.spec = spec
         self.base = base  # served by ``current`` while the registry has no current version

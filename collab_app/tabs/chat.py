@@ -7,9 +7,9 @@ import time
 
 import gradio as gr
 
-from collab_app.actor import ActorSlot
 from collab_app.context import AppContext
 from collab_app.messages import message_text, to_model_messages
+from collab_app.model_slot import ModelSlot
 from collab_app.notices import notice_box, reports_to
 from collab_app.session import RESAMPLE_TEMPERATURE, fresh_seed
 from simulators.domain import Task, Turn
@@ -45,7 +45,7 @@ class ChatLog:
         self.store.add_feedback(self.session_id, kind, turn_idx=index, **fields)
 
 
-def stream_reply(actor: ActorSlot, history: list[dict], max_new_tokens: int, sampled: bool = False,
+def stream_reply(actor: ModelSlot, history: list[dict], max_new_tokens: int, sampled: bool = False,
                  log: ChatLog | None = None):
     """Append an assistant message to ``history`` and stream into it; errors become the message.
     ``sampled``: another reply to the same messages (retry), so sampled with a new seed. What was

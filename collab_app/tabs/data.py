@@ -8,8 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from collab_app.commands.export import NO_PAIRS, export
 from collab_app.context import AppContext
-from collab_app.export import NO_PAIRS, export
 from collab_app.messages import agent_markdown
 from collab_app.notices import notice_box
 from simulators.store import SESSION_MODES

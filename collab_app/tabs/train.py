@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from collab_app.commands.models import version_rows
 from collab_app.context import AppContext
-from collab_app.models import version_rows
 from collab_app.notices import notice_box, reports_to
 from collab_app.training_jobs import TrainRequest
 from simulators.llm.registry import ModelRegistry, RegistryError
