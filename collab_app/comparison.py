@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from collab_app.arena import names_itself
+from collab_app.page_renders import render_and_store
 from collab_app.session import RESAMPLE_TEMPERATURE, SessionError, fresh_seed
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
@@ -274,16 +275,9 @@ class Comparison:
     def _render(self, replies: dict[str, Reply]) -> None:
         if self.task.kind != "frontend" or self.renderer is None:
             return
-        from simulators.scoring.answers import extract_html
-
-        pages = {p: extract_html(r.turn.content) for p, r in replies.items()}
-        pages = {p: html for p, html in pages.items() if html}
-        results = self.renderer.render_many(list(pages.values())) if pages else []
-        for position, result in zip(pages, results):
-            if result.ok:
-                replies[position].render_hash = self.store.save_render(result.png)
-            else:
-                replies[position].render_error = result.error
+        pages = render_and_store([reply.turn.content for reply in replies.values()], self.renderer, self.store)
+        for reply, page in zip(replies.values(), pages):
+            reply.render_hash, reply.render_error = page.render_hash, page.render_error
 
     # -- the person's actions -------------------------------------------------------------------
     def vote(self, winner: str) -> None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from collab_app.page_renders import render_and_store
 from simulators.domain import ANSWER_MARKER, MAX_ROUNDS, Episode, Task, Turn
 from simulators.humans import SimulatedHuman
 from simulators.llm.base import ChatModel, GenerationConfig, ModelError
@@ -252,13 +253,5 @@ class LiveSession:
     def _render_into(self, view: AgentTurnView, text: str) -> None:
         if self.task.kind != "frontend" or self.renderer is None:
             return
-        from simulators.scoring.answers import extract_html
-
-        html = extract_html(text)
-        if not html:
-            return
-        result = self.renderer.render(html)
-        if result.ok:
-            view.render_hash = self.store.save_render(result.png)
-        else:
-            view.render_error = result.error
+        (page,) = render_and_store([text], self.renderer, self.store)
+        view.render_hash, view.render_error = page.render_hash, page.render_error
