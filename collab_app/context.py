@@ -11,13 +11,14 @@ import gradio as gr
 from collab_app.catalog import TaskCatalog
 from collab_app.cli import AppConfig
 from collab_app.messages import valid_unicode
-from collab_app.model_slot import FOLLOW_REGISTRY, ModelSlot
+from collab_app.model_slot import ModelSlot
 from collab_app.session import LiveSession
 from collab_app.training_jobs import TrainingManager
 from simulators.domain import Task
 from simulators.humans import SimulatedHuman
 from simulators.llm.base import ModelError
 from simulators.llm.registry import ModelRegistry
+from simulators.llm.specs import FOLLOW_REGISTRY
 from simulators.store import SessionStore
 
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import threading
 
 from simulators.llm import ChatModel, ModelError, load_model
-
-FOLLOW_REGISTRY = "current"
+from simulators.llm.specs import current_spec
 
 
 class ModelSlot:
@@ -30,15 +29,7 @@ class ModelSlot:
 
     def resolved_spec(self) -> str:
         """The model spec served right now (``registry:vNNNN`` or the base for ``current``)."""
-        if self.spec != FOLLOW_REGISTRY:
-            return self.spec
-        from simulators.llm.registry import ModelRegistry, RegistryError
-
-        try:
-            current = ModelRegistry().current()
-        except (RegistryError, OSError, ValueError):
-            current = None  # a broken pointer must not take the app down: serve the base model
-        return f"registry:{current.id}" if current else self.base
+        return current_spec(self.spec, self.base)
 
     @property
     def ready(self) -> bool:
