@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import sys
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from simulators.render import (
     is_static_html,
     placeholder_png,
 )
+from simulators.render.page_scripts import EXTRACT_SCRIPT, INIT_SCRIPT, SCRIPT_FILES, page_script
 from simulators.tasks import load_sample_tasks, load_tasks
 
 TAILWIND_V2 = '<link href="https://cdn.jsdelivr.net/npm/tailwindcss@2.2.19/dist/tailwind.min.css" rel="stylesheet">'
@@ -117,6 +120,48 @@ def test_static_html_detection():
         '<meta http-equiv="refresh" content="0;url=b">',
     ):
         assert not is_static_html(f"<html><body>{active}</body></html>"), active
+
+
+def test_page_scripts_load_from_the_package_resources():
+    """Every script the renderer names is a non-empty file of the package, read through
+    importlib.resources, and js/ holds no script that nothing runs."""
+    js = resources.files("simulators.render") / "js"
+    for name in SCRIPT_FILES:
+        assert (js / name).is_file(), name
+        text = (js / name).read_text(encoding="utf-8")
+        assert text.strip(), name
+        assert page_script(name) == text
+    assert {INIT_SCRIPT, EXTRACT_SCRIPT} == {page_script(name) for name in SCRIPT_FILES}
+    assert sorted(entry.name for entry in js.iterdir() if entry.name.endswith(".js")) == sorted(SCRIPT_FILES)
+
+
+def test_a_built_wheel_carries_the_page_scripts(tmp_path):
+    """A non-editable install has the scripts too: build the wheel from a copy of the source and
+    load every script from that wheel, in a process that imports the package from it alone."""
+    pytest.importorskip("setuptools")  # the build backend, used without build isolation (offline)
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    for package in ("simulators", "training", "collab_app"):
+        shutil.copytree(repo / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("collab_rl-*.whl")
+    check = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from simulators.render import page_scripts\n"
+        "assert page_scripts.__file__.startswith(sys.argv[1]), page_scripts.__file__\n"
+        "for name in page_scripts.SCRIPT_FILES:\n"
+        "    print(name, len(page_scripts.page_script(name)))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-I", "-c", check, str(wheel)], capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    sizes = dict(line.split() for line in loaded.stdout.splitlines())
+    assert sizes == {name: str(len(page_script(name))) for name in SCRIPT_FILES}
 
 
 def test_fast_paths_give_the_same_pixels_as_a_plain_navigation(renderer):
