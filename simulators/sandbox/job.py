@@ -53,7 +53,7 @@ def run_calls(payload: dict[str, Any], emit: Emit) -> None:
     ``random`` (and numpy's global generator, when loaded) seeded with ``seed`` first.
 
     A later program never sees an earlier one: :meth:`Sandbox.run` gives each program a job
-    process of its own (:func:`_job_payloads`), so nothing an earlier program left in memory
+    process of its own (``pool._job_payloads``), so nothing an earlier program left in memory
     -- its source, its objects, its results -- is there to find, by gc walks or by raw reads.
     Only with ``"same_job": true`` do the programs share this process, for programs that may
     see each other's memory (task references: a job per reference would double the cost of a

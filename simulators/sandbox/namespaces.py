@@ -97,12 +97,13 @@ def _disable_sysv_ipc(libc: _Libc) -> None:
 
 
 def _own_pid_namespace_handle(libc: _Libc) -> int:
-    """An fd on our own PID namespace, to setns() back into after each job's unshare(CLONE_NEWPID)."""
-    # Keep a handle on our own PID namespace: after each unshare(CLONE_NEWPID) (which only
-    # affects children) we setns() back so the next job can get a fresh namespace again.
-    # Where setns() back is refused (no CAP_SYS_ADMIN over our namespace's owner: root of a
-    # container's user namespace) the unshare could not be undone and every later fork
-    # would fail: the pair is tried in a throwaway child first.
+    """A handle on our own PID namespace: after each unshare(CLONE_NEWPID) (which only affects
+    children) the server setns() back so the next job can get a fresh namespace again.
+
+    Where setns() back is refused (no CAP_SYS_ADMIN over our namespace's owner: root of a
+    container's user namespace) the unshare could not be undone and every later fork would
+    fail: the pair is tried in a throwaway child first.
+    """
     pid = os.fork()
     if pid == 0:
         try:
@@ -128,7 +129,8 @@ def _chroot_into_read_only_view(libc: _Libc, site_packages: list[str], scratch_b
     """Private mount namespace, then chroot into a read-only view of what Python needs.
 
     The view is a tmpfs mounted, inside our namespace only, on a directory we do not need
-    (so nothing is ever created on, or left behind on, the host). Returns the scratch path inside it.
+    (so nothing is ever created on, or left behind on, the host). Returns the path, inside the
+    view, of the job's scratch.
     """
     libc.unshare(_CLONE_NEWNS)
     libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount leaks to the host

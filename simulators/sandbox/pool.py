@@ -179,7 +179,7 @@ class Sandbox:
         if self._isolation is None and server.isolation.warning:  # once per pool, at start-up
             import logging
 
-            logging.getLogger(__package__).warning("%s", server.isolation.warning)
+            logging.getLogger(__package__).warning("%s", server.isolation.warning)  # "simulators.sandbox"
         self._isolation = server.isolation
         return server
 

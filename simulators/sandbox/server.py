@@ -83,7 +83,7 @@ def serve() -> None:
         return
     _write_all(1, json.dumps({"isolation": server.isolation.to_dict()}).encode() + b"\n")
     # Every resident page is paid for at each fork (page tables) and exit: free the garbage of
-    # start-up (compiling this file, building the view) and hand the heap's free pages back.
+    # start-up (compiling these modules, building the view) and hand the heap's free pages back.
     gc.collect()
     server.libc.trim_heap()
     # Everything the server holds now is shared with every job it forks. Frozen, the jobs' garbage
@@ -433,7 +433,11 @@ class _Server:
                 errors.drain(err_r)
                 if exited:
                     break
-                if timed_out is None and host_scratch is not None and not _host_scratch_within_cap(host_scratch, pid, self.limits.scratch_bytes):
+                if (
+                    timed_out is None
+                    and host_scratch is not None
+                    and not _host_scratch_within_cap(host_scratch, pid, self.limits.scratch_bytes)
+                ):
                     timed_out = "scratch"
                     self._kill(pid)
         finally:
