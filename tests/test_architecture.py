@@ -31,8 +31,8 @@ def test_the_contracts_catch_an_import_against_the_layers(tmp_path):
     shutil.copy(REPO / "pyproject.toml", tmp_path)
     with open(tmp_path / "simulators" / "domain.py", "a") as domain:
         domain.write("\nimport training.sweet  # against the layers\n")
-    with open(tmp_path / "simulators" / "sandbox.py", "a") as sandbox:
-        sandbox.write("\nimport simulators.domain  # the server loads this file alone\n")
+    with open(tmp_path / "simulators" / "sandbox" / "server.py", "a") as sandbox:
+        sandbox.write("\nimport simulators.domain  # the server loads this package alone\n")
     done = lint_imports(tmp_path)
     assert done.returncode != 0
     assert "0 kept, 2 broken" in done.stdout, done.stdout[-3000:]

@@ -616,7 +616,8 @@ def test_a_virtualenv_under_tmp_or_a_home_directory_is_kernel_isolated_and_conta
             listener.listen()
             script = (
                 "import importlib.util, json, os, sys\n"
-                "spec = importlib.util.spec_from_file_location('simulators.sandbox', sys.argv[1])\n"
+                "spec = importlib.util.spec_from_file_location('simulators.sandbox', sys.argv[1] + '/__init__.py',\n"
+                "                                              submodule_search_locations=[sys.argv[1]])\n"
                 "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
                 "spec.loader.exec_module(module)\n"
                 "with module.Sandbox(workers=1) as box:\n"
@@ -627,7 +628,7 @@ def test_a_virtualenv_under_tmp_or_a_home_directory_is_kernel_isolated_and_conta
             source = (ESCAPES.replace("REPO", str(REPO)).replace("TAG", tag)
                       .replace("PORT", str(listener.getsockname()[1])))
             done = subprocess.run(
-                [str(venv / "bin" / "python"), "-c", script, str(REPO / "simulators" / "sandbox.py"), source],
+                [str(venv / "bin" / "python"), "-c", script, str(REPO / "simulators" / "sandbox"), source],
                 capture_output=True, text=True, timeout=180, cwd="/",
             )  # fmt: skip
             listener.setblocking(False)

@@ -3,7 +3,7 @@ code run through the evaluator (or, where the outcome needs a report, straight i
 
 Attacks that only the kernel can stop (another process's memory, root's files, signals, leftover
 processes, the network) run against a kernel-isolated sandbox and skip where the host allows
-none; the audit fallback is best effort by design (see ``simulators/sandbox.py``). The others run
+none; the audit fallback is best effort by design (see ``simulators/sandbox/``). The others run
 in both isolation modes. As root, tests/test_sandbox.py re-runs this file as an ordinary user.
 """
 
@@ -122,7 +122,7 @@ def memory_attacks() -> dict[str, str]:
         "the evaluator's environment": f"assert open('/proc/{evaluator}/environ', 'rb').read()",
         "the server's command line": "assert open('/proc/self/cmdline', 'rb').read()",
         "the repository, found from the sandbox module's path": (
-            "repo = os.path.dirname(os.path.dirname(sys.modules['simulators.sandbox'].__file__))\n"
+            "repo = os.path.dirname(os.path.dirname(os.path.dirname(sys.modules['simulators.sandbox'].__file__)))\n"
             "assert os.listdir(os.path.join(repo, 'assets'))"
         ),
         "the repository, found from the server's arguments": (
@@ -450,7 +450,7 @@ def test_a_killed_server_leaves_no_scratch_behind(mode):
 
 def test_json_of_the_messages_stays_linear():
     """The message reader itself: a whole output of tiny messages parses in one pass."""
-    from simulators.sandbox import _parse_messages
+    from simulators.sandbox.pool import _parse_messages
 
     raw = (json.dumps({"kind": "call", "value": 1}).encode() + b"\n") * 200_000
     started = time.monotonic()
