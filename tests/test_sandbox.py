@@ -2,7 +2,7 @@
 
 Every containment test runs twice: with the strongest isolation this machine allows ("auto":
 kernel namespaces, as root or through a user namespace) and with the fallback layers forced
-("audit"). Run as root, the whole containment suite (this file, tests/test_backend_eval.py and
+("audit"). Run as root, the whole containment suite (this file, tests/test_scoring_backend.py and
 tests/test_sandbox_attacks.py) also runs again as an ordinary user (``test_the_containment_suite_passes_as_an_unprivileged_user``).
 """
 
@@ -36,7 +36,7 @@ from simulators.sandbox import NAN, Opaque, Sandbox, SandboxLimits, decode_value
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 512 << 20
-CONTAINMENT_SUITE = ("tests/test_sandbox.py", "tests/test_backend_eval.py", "tests/test_sandbox_attacks.py")
+CONTAINMENT_SUITE = ("tests/test_sandbox.py", "tests/test_scoring_backend.py", "tests/test_sandbox_attacks.py")
 # The ordinary user the containment suite re-runs as; .ci/run creates it (and sets the second
 # variable, which turns a missing user from a skip into a failure).
 UNPRIVILEGED_USER = os.environ.get("COLLAB_UNPRIVILEGED_USER", "collab-ci")
@@ -491,7 +491,7 @@ def test_libc_calls_cannot_undo_the_isolation(box):
 
 def test_each_program_of_a_run_runs_in_a_job_of_its_own(box):
     """Nothing a program changes or leaves behind reaches the next one: not builtins, modules,
-    files in scratch, nor (see test_backend_eval) anything left in memory."""
+    files in scratch, nor (see test_scoring_backend) anything left in memory."""
     first = (
         "import builtins, string\nbuiltins.sorted = lambda x: [42]\nstring.digits = 'poisoned'\n"
         "open('planted.txt', 'w').write('x')\ndef f():\n    return sorted([1])"
@@ -664,8 +664,8 @@ def test_where_the_kernel_cannot_isolate_the_sandbox_refuses_to_run_code_unless_
         pytest.skip(f"cannot make a user namespace here to play a container in: {probe.stderr[-300:]}")
     code = textwrap.dedent("""
         import json
-        from test_backend_eval import DOUBLE, double_task
-        from simulators.backend_eval import BackendEvaluator
+        from test_scoring_backend import DOUBLE, double_task
+        from simulators.scoring.backend import BackendEvaluator
         from simulators.sandbox import SandboxError
         try:
             with BackendEvaluator(workers=1) as evaluator:

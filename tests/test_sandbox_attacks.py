@@ -25,11 +25,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from simulators.backend_eval import BackendEvaluator
-from test_backend_eval import double_task, failed
 from test_sandbox import MEMORY_LIMIT, descendants_of, gone, run, sandbox_processes, server_pids
+from test_scoring_backend import double_task, failed
 
 from simulators.sandbox import MAX_INT_BITS, Sandbox, SandboxError, SandboxLimits
+from simulators.scoring.backend import BackendEvaluator
 
 
 @pytest.fixture(scope="module")

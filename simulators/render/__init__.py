@@ -20,7 +20,7 @@ What lives where
 * ``page_scripts.py`` and ``js/``: the JavaScript run in pages, as real ``.js`` files (package
   data): ``init_page.js`` before any page script, ``extract_dom.js`` for the DOM read-out.
 
-Who imports it: ``simulators.frontend_eval`` (scoring), ``simulators.humans`` (the simulated
+Who imports it: ``simulators.scoring`` (frontend scoring, design metrics), ``simulators.humans`` (the simulated
 human looks at pages), ``collab_app`` (the app's shared renderer and its asset warnings), the
 tests and ``bench/bench_frontend_render.py``, all through the names re-exported here. It imports
 only ``simulators.paths`` of the project.

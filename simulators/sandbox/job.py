@@ -130,7 +130,7 @@ class _HarnessState:
 
 def _run_reexecuting(name: str, program: dict[str, Any], load_timeout_s: float, emit: Emit) -> None:
     """Run one program as ColBench's scorer does (``sweet_rl.utils.code_utils``; the rules are in
-    ``simulators.colbench_scoring``), with the same messages as :func:`run_calls`.
+    ``simulators.scoring.colbench``), with the same messages as :func:`run_calls`.
 
     ``program["reexec"]`` is ``{"module_name", "call_timeout_s"}``. The reference calls
     ``exec(source)`` and then ``eval(call)`` inside a function, once per call: the source runs
