@@ -37,21 +37,10 @@ from training.data import (
     read_episodes,
     turn_records,
 )
-from training.engine import (
-    ReferenceLogprobs,
-    TokenScorer,
-    TrainOptions,
-    collate,
-    finished_summary,
-    load_lora_model,
-    make_accelerator,
-    model_source,
-    reference_model_id,
-    save_adapter,
-    save_config,
-    sequence_key,
-    train_loop,
-)
+from training.logprobs import ReferenceLogprobs, TokenScorer, collate, reference_model_id, sequence_key
+from training.models import load_lora_model, model_source
+from training.options import TrainOptions
+from training.trainer import finished_summary, make_accelerator, optimise, save_adapter, save_config
 
 SAMPLERS = ("auto", "hf", "vllm")
 
@@ -209,7 +198,7 @@ def train_on_pairs(scorer: TokenScorer, tokenizer, turns: Sequence[TurnPairs], c
                                        chosen_token_logp, config.beta, config.nll_coef)
         return loss, stats, int(attention_mask.sum())
 
-    result = train_loop(scorer, list(turns), loss_fn, config, out, accelerator=accelerator, name="actor",
+    result = optimise(scorer, list(turns), loss_fn, config, out, accelerator=accelerator, name="actor",
                         plot_keys=("loss", "accuracy", "margin", "nll"))
     return {"steps": result.steps, "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), **result.last}
 

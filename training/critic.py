@@ -42,21 +42,16 @@ from training.data import (
     read_episodes,
     trajectory_pairs,
 )
-from training.engine import (
+from training.logprobs import (
     ReferenceLogprobs,
     TokenScorer,
-    TrainOptions,
-    base_spec,
     collate,
-    load_lora_model,
-    make_accelerator,
-    model_source,
     reference_model_id,
-    save_config,
     shared_prefix_logprobs,
-    train_loop,
-    unwrap,
 )
+from training.models import base_spec, load_lora_model, model_source, unwrap
+from training.options import TrainOptions
+from training.trainer import make_accelerator, optimise, save_config
 
 CRITIC_FILE = "critic.json"
 HEADS = ("advantage", "value")
@@ -423,7 +418,7 @@ def train_critic(config: CriticConfig, episodes: Sequence[Episode] | None = None
         loss_fn = value_loss
     if not items:
         raise ValueError("every pair's task was held out for evaluation: lower --eval-fraction")
-    result = train_loop(critic.model, items, loss_fn, config, out, accelerator=accelerator, name="critic",
+    result = optimise(critic.model, items, loss_fn, config, out, accelerator=accelerator, name="critic",
                         evaluate=evaluate if eval_pairs else None,
                         plot_keys=("loss", "accuracy", "margin") if config.head == "advantage" else ("loss", "accuracy"))
     if config.head == "advantage" and seen:

@@ -413,7 +413,7 @@ def trained_agent(config: ExperimentConfig, out: Path, method: str):
 
         return load_model(f"openai:{config.adapter_endpoint}#{method}")
     from simulators.llm.local import LocalModel
-    from training.engine import model_source
+    from training.models import model_source
 
     # A model of its own (not load_model's shared one): released after its evaluation.
     return LocalModel(model_source(config.model)[0], adapter=str(actor_dir(out, method) / "adapter"),
