@@ -1,8 +1,8 @@
 """The model a trainer optimises: a fresh copy of the base weights with a LoRA adapter (and its
 tokenizer), gradient checkpointing for long inputs only, and the module under accelerate's wrapper.
 
-``model_source`` and ``base_spec`` turn a model spec (``default``, a local directory or hub id,
-``registry:VERSION``) into weights to load; they are the one place here that reads specs.
+``model_source`` and ``base_spec`` (one block, first) turn a model spec (``default``, a local
+directory or hub id, ``registry:VERSION``) into the weights and adapter to load.
 """
 
 from __future__ import annotations
