@@ -4,7 +4,7 @@
     python tests/accelerate_worker.py MODEL_DIR OUT GRADIENT_ACCUMULATION_STEPS
 
 The trainers run unchanged; two real functions are wrapped to watch them: each trainer's
-``train_loop`` (which items this process trains on, and its trainable weights afterwards) and
+``optimise`` (which items this process trains on, and its trainable weights afterwards) and
 ``torch.save`` (which files this process writes). ``OUT/record-<rank>.json`` holds what was seen.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from simulators.domain import Task
-from training import actor, baselines, critic, engine
+from simulators.llm.local import load_tokenizer
+from training import actor, baselines, critic, trainer
 from training.synthetic import scripted_episode
 
 SYSTEM = "You are a helpful assistant."
@@ -42,9 +43,9 @@ def episodes(tokenizer, tasks: int = 4):
 def main(model_dir: str, out: str, accumulation: int) -> None:
     out_dir = Path(out)
     record: dict = {"items": {}, "item_count": {}, "saves": []}
-    real_train_loop, real_save = engine.train_loop, torch.save
+    real_optimise, real_save = trainer.optimise, torch.save
 
-    def watched_train_loop(model, items, loss_fn, options, run_dir, *, accelerator, name, **kwargs):
+    def watched_optimise(model, items, loss_fn, options, run_dir, *, accelerator, name, **kwargs):
         index = {id(item): i for i, item in enumerate(items)}
         seen = record["items"].setdefault(name, [])
 
@@ -52,10 +53,10 @@ def main(model_dir: str, out: str, accumulation: int) -> None:
             seen.append(index[id(item)])
             return loss_fn(m, item)
 
-        result = real_train_loop(model, items, loss, options, run_dir, accelerator=accelerator, name=name, **kwargs)
+        result = real_optimise(model, items, loss, options, run_dir, accelerator=accelerator, name=name, **kwargs)
         record["rank"], record["world"] = accelerator.process_index, accelerator.num_processes
         record["item_count"][name] = len(items)
-        real_save(engine.trainable_state(model), out_dir / f"weights-{name}-{accelerator.process_index}.pt")
+        real_save(trainer.trainable_state(model), out_dir / f"weights-{name}-{accelerator.process_index}.pt")
         return result
 
     def watched_save(obj, f, *args, **kwargs):
@@ -63,10 +64,10 @@ def main(model_dir: str, out: str, accumulation: int) -> None:
         return real_save(obj, f, *args, **kwargs)
 
     for module in (critic, actor, baselines):
-        module.train_loop = watched_train_loop
+        module.optimise = watched_optimise
     torch.save = watched_save
 
-    tokenizer = engine.load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     data = episodes(tokenizer)
     pairs = out_dir / "pairs.jsonl"  # 4 prompts (the last agent turns' inputs), 2 pairs each
     pairs.parent.mkdir(parents=True, exist_ok=True)

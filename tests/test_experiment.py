@@ -16,7 +16,8 @@ import pytest
 
 from simulators.tasks import load_sample_tasks, write_tasks
 from training.__main__ import build_parser, main
-from training.experiment import ExperimentConfig, PaperExperimentConfig, command_line, make_split
+from training.experiment import ExperimentConfig, PaperExperimentConfig, command_line
+from training.experiment.run import make_split
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,7 @@ import pytest
 
 from simulators.tasks import load_sample_tasks, write_tasks
 from training.evaluate import EvaluateConfig, run_evaluation
-from training.loop import LoopConfig, run_loop
+from training.iteration import IterationConfig, run_iteration
 
 PAGE = "<html><body><h1 class=\"text-3xl\">Fresh bread daily</h1><p>Order now</p></body></html>"
 REPLY = "Make the title larger and add the order button."
@@ -88,7 +88,7 @@ def test_a_simulator_that_cannot_see_images_is_refused_before_any_work(tiny_mode
                                       simulator_vision=True, out=str(tmp_path / "eval.jsonl")), progress=False)
     assert not (tmp_path / "eval.jsonl").exists()
     with pytest.raises(ValueError, match="cannot take"):  # the loop says so before training, not after
-        run_loop(LoopConfig(data=str(tmp_path / "no-such-data.jsonl"), out=str(tmp_path / "loop"),
+        run_iteration(IterationConfig(data=str(tmp_path / "no-such-data.jsonl"), out=str(tmp_path / "loop"),
                             simulator=str(tiny_model_dir), simulator_vision=True))
     assert not (tmp_path / "loop").exists()
 
@@ -98,15 +98,16 @@ def test_the_loop_s_evaluation_gate_uses_the_vision_route(vision_endpoint, front
     """Both sides of the loop's evaluation (the parent and the new actor) go through the vision route."""
     import torch
 
-    from training.engine import TrainOptions, load_lora_model
-    from training.loop import evaluate_against_parent
+    from training.iteration import evaluate_against_parent
+    from training.models import load_lora_model
+    from training.options import TrainOptions
 
     simulator, requests = vision_endpoint
     lm, tokenizer = load_lora_model(str(tiny_model_dir), TrainOptions(lora_r=4), device=torch.device("cpu"))
     lm.save_pretrained(tmp_path / "adapter")  # a new actor: the tiny base plus an (untrained) adapter
     parent = tmp_path / "parent.json"
     parent.write_text(json.dumps([PAGE]))
-    config = LoopConfig(kind="frontend", eval_tasks=str(frontend_task_file), eval_limit=1, eval_samples=1,
+    config = IterationConfig(kind="frontend", eval_tasks=str(frontend_task_file), eval_limit=1, eval_samples=1,
                         eval_max_rounds=2, eval_max_new_tokens=8, simulator=simulator, simulator_vision=True,
                         progress=False)
     evaluation = evaluate_against_parent(config, tmp_path, [], str(tiny_model_dir), f"scripted:{parent}",

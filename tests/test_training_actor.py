@@ -14,7 +14,7 @@ from simulators.llm import load_model
 from simulators.store import SessionStore
 from training.actor import ActorConfig, group_by_prompt, ranked_pairs, sample_candidates, train_actor
 from training.data import TurnRecord
-from training.engine import load_lora_model
+from training.models import load_lora_model
 
 PROMPT = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWrite a Python function that adds two numbers.<|im_end|>\n<|im_start|>assistant\n"
 CHOSEN = "def add(a, b):\n    return a + b"

@@ -14,7 +14,7 @@ from simulators.llm import load_model
 from simulators.llm.registry import ModelRegistry
 from simulators.trajectories import write_episodes
 from training.baselines import MTDPOConfig, RFTConfig, train_mtdpo, train_rft
-from training.loop import LoopConfig, run_loop
+from training.iteration import IterationConfig, run_iteration
 from training.synthetic import scripted_episode
 
 SYSTEM = "You are a helpful assistant."
@@ -77,7 +77,7 @@ def test_multi_turn_dpo_raises_the_trajectory_margin(tiny_model_dir, episodes, t
 def test_the_loop_can_train_a_baseline_instead_of_sweet(tiny_model_dir, episodes, tmp_path, monkeypatch):
     monkeypatch.setenv("COLLAB_HOME", str(tmp_path / "home"))
     write_episodes(episodes, tmp_path / "data.jsonl")
-    result = run_loop(LoopConfig(data=str(tmp_path / "data.jsonl"), out=str(tmp_path / "run"), algorithm="rft",
+    result = run_iteration(IterationConfig(data=str(tmp_path / "data.jsonl"), out=str(tmp_path / "run"), algorithm="rft",
                                  base=str(tiny_model_dir), actor_epochs=2, actor_learning_rate=5e-3,
                                  gradient_accumulation_steps=1, lora_r=4, max_length=512, eval_limit=1,
                                  eval_max_rounds=1, eval_max_new_tokens=8, simulator=str(tiny_model_dir),
@@ -86,4 +86,4 @@ def test_the_loop_can_train_a_baseline_instead_of_sweet(tiny_model_dir, episodes
     assert version.meta["algorithm"] == "rft" and not (tmp_path / "run" / "critic").exists()
     assert (tmp_path / "run" / "eval_parent.jsonl").is_file() and (tmp_path / "run" / "eval_new.jsonl").is_file()
     with pytest.raises(ValueError, match="unknown algorithm"):
-        run_loop(LoopConfig(data=str(tmp_path / "data.jsonl"), out=str(tmp_path / "x"), algorithm="ppo"))
+        run_iteration(IterationConfig(data=str(tmp_path / "data.jsonl"), out=str(tmp_path / "x"), algorithm="ppo"))

@@ -27,9 +27,10 @@ from training.critic import (
     train_critic,
 )
 from training.data import dialogue_tokens, encode, privileged_prefix, trajectory_pairs
-from training.engine import TrainOptions, make_accelerator, train_loop
 from training.evaluate import CriticGuidedAgent
+from training.options import TrainOptions
 from training.synthetic import scripted_episode
+from training.trainer import make_accelerator, optimise
 
 SYSTEM = "You are a helpful assistant."
 WORDS = ("ABC", "XYZ")
@@ -140,7 +141,7 @@ def test_an_interrupted_training_resumes_where_its_checkpoint_left_off(tmp_path)
 
         model = make_model()
         options = TrainOptions(epochs=2, gradient_accumulation_steps=2, learning_rate=0.05, save_steps=1, progress=False)
-        train_loop(model, items, loss_fn, options, out, accelerator=make_accelerator(), name="toy")
+        optimise(model, items, loss_fn, options, out, accelerator=make_accelerator(), name="toy")
         return model
 
     reference = run(tmp_path / "straight")

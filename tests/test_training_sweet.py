@@ -11,7 +11,7 @@ from simulators.domain import Task
 from training import sweet
 from training.critic import CriticConfig, build_critic
 from training.data import action_ids, dialogue_tokens, encode, privileged_prefix
-from training.engine import collate, common_prefix_length, masked_token_logprobs, shared_prefix_logprobs
+from training.logprobs import collate, common_prefix_length, masked_token_logprobs, shared_prefix_logprobs
 from training.synthetic import scripted_episode
 
 TASK = Task(id="t-add", kind="backend", problem_description="Write a Python function that adds two numbers.",

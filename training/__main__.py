@@ -26,7 +26,7 @@ from training.baselines import MTDPOConfig, RFTConfig
 from training.critic import CriticConfig
 from training.evaluate import EvaluateConfig
 from training.experiment import PRESETS, ExperimentConfig
-from training.loop import LoopConfig
+from training.iteration import IterationConfig
 
 
 def run_command(config_cls, target: str, args: argparse.Namespace) -> dict:
@@ -41,7 +41,7 @@ COMMANDS = {
     "rft": (RFTConfig, "training.baselines:train_rft", "baseline: rejection fine-tuning"),
     "mtdpo": (MTDPOConfig, "training.baselines:train_mtdpo", "baseline: multi-turn DPO"),
     "evaluate": (EvaluateConfig, "training.evaluate:run_evaluation", "rollouts, metrics, win rate; best-of-N with --critic"),
-    "loop": (LoopConfig, "training.loop:run_loop", "one SWEET iteration -> a new actor version in the registry"),
+    "loop": (IterationConfig, "training.iteration:run_iteration", "one SWEET iteration -> a new actor version in the registry"),
     # the config class is the --preset's (build_parser)
     "experiment": (ExperimentConfig, "training.experiment:run_experiment",
                    "zero-shot vs SWEET-RL vs baselines (+ critic ablations) on one held-out split, paired 95%% CIs"),

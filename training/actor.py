@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from simulators.domain import Episode
 from simulators.jsonl import read_jsonl, write_jsonl
 from simulators.llm.base import GenerationConfig
+from simulators.llm.specs import weights_source
 from training import sweet
 from training.data import (
     DataOptions,
@@ -37,21 +38,10 @@ from training.data import (
     read_episodes,
     turn_records,
 )
-from training.engine import (
-    ReferenceLogprobs,
-    TokenScorer,
-    TrainOptions,
-    collate,
-    finished_summary,
-    load_lora_model,
-    make_accelerator,
-    model_source,
-    reference_model_id,
-    save_adapter,
-    save_config,
-    sequence_key,
-    train_loop,
-)
+from training.logprobs import ReferenceLogprobs, TokenScorer, collate, reference_model_id, sequence_key
+from training.models import load_lora_model
+from training.options import TrainOptions
+from training.trainer import finished_summary, make_accelerator, optimise, save_adapter, save_config
 
 SAMPLERS = ("auto", "hf", "vllm")
 
@@ -100,7 +90,7 @@ def sample_candidates(
 ) -> list[list[str]]:
     """``best_of_n`` candidate actions for each turn's prompt o_t from the actor ``lm`` (peft model)."""
     if resolve_sampler(config.sampler) == "vllm":
-        source, adapter = model_source(config.model)
+        source, adapter = weights_source(config.model)
         return sample_with_vllm(source, adapter, [r.prompt for r in records], config)
     from simulators.llm.local import LocalModel
 
@@ -209,7 +199,7 @@ def train_on_pairs(scorer: TokenScorer, tokenizer, turns: Sequence[TurnPairs], c
                                        chosen_token_logp, config.beta, config.nll_coef)
         return loss, stats, int(attention_mask.sum())
 
-    result = train_loop(scorer, list(turns), loss_fn, config, out, accelerator=accelerator, name="actor",
+    result = optimise(scorer, list(turns), loss_fn, config, out, accelerator=accelerator, name="actor",
                         plot_keys=("loss", "accuracy", "margin", "nll"))
     return {"steps": result.steps, "tokens_per_s": round(result.tokens / max(result.seconds, 1e-9), 1), **result.last}
 

@@ -17,23 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulators.domain import Episode
+from simulators.llm.specs import base_spec
 from training import sweet
 from training.critic import Critic, CriticSettings, pair_group_loss, pair_groups
 from training.data import DataOptions, best_trajectories, dialogue_tokens, read_episodes, trajectory_pairs
-from training.engine import (
-    ReferenceLogprobs,
-    TokenScorer,
-    TrainOptions,
-    base_spec,
-    collate,
-    finished_summary,
-    load_lora_model,
-    make_accelerator,
-    reference_model_id,
-    save_adapter,
-    save_config,
-    train_loop,
-)
+from training.logprobs import ReferenceLogprobs, TokenScorer, collate, reference_model_id
+from training.models import load_lora_model
+from training.options import TrainOptions
+from training.trainer import finished_summary, make_accelerator, optimise, save_adapter, save_config
 
 
 @dataclass
@@ -77,7 +68,7 @@ def train_rft(config: RFTConfig, episodes: Sequence[Episode] | None = None) -> d
         loss = sweet.mean_nll(model(input_ids, attention_mask, target_mask))
         return loss, {}, len(sequence.input_ids)
 
-    result = train_loop(TokenScorer(lm), sequences, loss_fn, config, out, accelerator=accelerator, name="rft",
+    result = optimise(TokenScorer(lm), sequences, loss_fn, config, out, accelerator=accelerator, name="rft",
                         plot_keys=("loss",))
     summary = {"out": str(out), "adapter": str(out / "adapter"), "trajectories": len(selected),
                "steps": result.steps, **result.last}
@@ -110,7 +101,7 @@ def train_mtdpo(config: MTDPOConfig, episodes: Sequence[Episode] | None = None) 
     def loss_fn(model, group):
         return pair_group_loss(policy, model, sequences, group, config.beta)
 
-    result = train_loop(policy.model, groups, loss_fn, config, out, accelerator=accelerator, name="mtdpo",
+    result = optimise(policy.model, groups, loss_fn, config, out, accelerator=accelerator, name="mtdpo",
                         plot_keys=("loss", "accuracy", "margin"))
     summary = {"out": str(out), "adapter": str(out / "adapter"), "pairs": len(pairs), "steps": result.steps,
                **result.last}

@@ -30,6 +30,7 @@ from torch import nn
 
 from simulators.domain import Episode
 from simulators.llm.local import load_tokenizer
+from simulators.llm.specs import base_spec, weights_source
 from training import sweet
 from training.data import (
     DataOptions,
@@ -42,21 +43,16 @@ from training.data import (
     read_episodes,
     trajectory_pairs,
 )
-from training.engine import (
+from training.logprobs import (
     ReferenceLogprobs,
     TokenScorer,
-    TrainOptions,
-    base_spec,
     collate,
-    load_lora_model,
-    make_accelerator,
-    model_source,
     reference_model_id,
-    save_config,
     shared_prefix_logprobs,
-    train_loop,
-    unwrap,
 )
+from training.models import load_lora_model, unwrap
+from training.options import TrainOptions
+from training.trainer import make_accelerator, optimise, save_config
 
 CRITIC_FILE = "critic.json"
 HEADS = ("advantage", "value")
@@ -270,7 +266,7 @@ def load_critic(directory: str | Path, device: torch.device | None = None) -> Cr
         raise FileNotFoundError(f"no trained critic in {directory} (expected {CRITIC_FILE}); run `python -m training critic`")
     settings = CriticSettings(**json.loads((directory / CRITIC_FILE).read_text()))
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    source, _ = model_source(settings.base)
+    source, _ = weights_source(settings.base)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(source, dtype=dtype), directory / "adapter")
     model: nn.Module = TokenScorer(lm)
@@ -423,7 +419,7 @@ def train_critic(config: CriticConfig, episodes: Sequence[Episode] | None = None
         loss_fn = value_loss
     if not items:
         raise ValueError("every pair's task was held out for evaluation: lower --eval-fraction")
-    result = train_loop(critic.model, items, loss_fn, config, out, accelerator=accelerator, name="critic",
+    result = optimise(critic.model, items, loss_fn, config, out, accelerator=accelerator, name="critic",
                         evaluate=evaluate if eval_pairs else None,
                         plot_keys=("loss", "accuracy", "margin") if config.head == "advantage" else ("loss", "accuracy"))
     if config.head == "advantage" and seen:

@@ -61,14 +61,14 @@ def check_logprob_engine(model_dir: Path, device, tokenizer) -> dict:
     path (no gradients) against the plain one."""
     import torch
 
-    from training.engine import (
+    from training.logprobs import (
         SHARED_PREFIX_MIN_TOKENS,
-        TrainOptions,
         collate,
-        load_lora_model,
         masked_token_logprobs,
         shared_prefix_logprobs,
     )
+    from training.models import load_lora_model
+    from training.options import TrainOptions
 
     lm, _ = load_lora_model(str(model_dir), TrainOptions(lora_r=8, max_length=512, gradient_checkpointing=False),
                             device=device)
@@ -114,7 +114,7 @@ def check_bf16_autocast(model_dir: Path, device, tokenizer) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from training.engine import collate, masked_token_logprobs
+    from training.logprobs import collate, masked_token_logprobs
 
     lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Write a Python function that adds two numbers."},

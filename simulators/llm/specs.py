@@ -89,7 +89,7 @@ def weights_source(spec: str) -> tuple[str, str | None]:
         return str(ensure_default_model()), None
     if parsed.kind == "local":
         return parsed.target, None
-    raise ModelError(f"{spec!r} has no local weights (an endpoint or a script cannot be fine-tuned or scored)")
+    raise ModelError(f"training needs local weights, not {spec!r} (an endpoint cannot be fine-tuned)")
 
 
 def current_spec(spec: str, base: str) -> str:

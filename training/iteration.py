@@ -25,6 +25,7 @@ from pathlib import Path
 from simulators.domain import MAX_ROUNDS
 from simulators.llm import load_model
 from simulators.llm.registry import ModelRegistry
+from simulators.llm.specs import base_spec
 from simulators.tasks import read_task_file
 from simulators.trajectories import load_episodes
 from training import ALGORITHMS
@@ -32,13 +33,12 @@ from training.actor import ActorConfig, train_actor
 from training.baselines import MTDPOConfig, RFTConfig, train_mtdpo, train_rft
 from training.critic import CriticConfig, train_critic
 from training.data import DataOptions, data_snapshot, read_episodes
-from training.engine import base_spec
 from training.evaluate import EvaluateConfig, check_simulator_vision, run_evaluation, win_rate
 from training.stats import MIN_TASKS, compare_episodes, gate
 
 
 @dataclass
-class LoopConfig(DataOptions):
+class IterationConfig(DataOptions):
     """``python -m training loop``: one training iteration producing a new actor version in the registry."""
 
     out: str = field(default="runs/loop", metadata={"help": "working directory of this iteration"})
@@ -95,7 +95,7 @@ class LoopConfig(DataOptions):
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
 
-def run_loop(config: LoopConfig) -> dict:
+def run_iteration(config: IterationConfig) -> dict:
     if config.algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {config.algorithm!r}: use one of {', '.join(ALGORITHMS)}")
     check_simulator_vision(config.simulator, config.simulator_vision)  # before hours of training, not after
@@ -124,7 +124,7 @@ def run_loop(config: LoopConfig) -> dict:
     return result
 
 
-def train_stages(config: LoopConfig, episodes, base: str, actor_spec: str, out: Path) -> dict:
+def train_stages(config: IterationConfig, episodes, base: str, actor_spec: str, out: Path) -> dict:
     """The training part of the iteration; returns each stage's summary (``actor`` has the adapter)."""
     shared = dict(data=config.data, kind=config.kind, reward_key=config.reward_key, pairing=config.pairing,
                   min_reward_gap=config.min_reward_gap, preferences=config.preferences, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
@@ -150,7 +150,7 @@ def train_stages(config: LoopConfig, episodes, base: str, actor_spec: str, out: 
     return {"critic": critic_summary, "actor": train_actor(actor_config, episodes)}
 
 
-def evaluation_tasks(config: LoopConfig, episodes) -> tuple[list, bool]:
+def evaluation_tasks(config: IterationConfig, episodes) -> tuple[list, bool]:
     """The tasks of the evaluation gate and whether they are held out from the training data.
 
     Candidates: ``--eval-tasks`` (else our sample tasks) of the kinds trained on, minus every task
@@ -167,7 +167,7 @@ def evaluation_tasks(config: LoopConfig, episodes) -> tuple[list, bool]:
     return (tasks[: config.eval_limit] if config.eval_limit else tasks), held_out
 
 
-def evaluate_against_parent(config: LoopConfig, out: Path, episodes, base: str, parent_spec: str,
+def evaluate_against_parent(config: IterationConfig, out: Path, episodes, base: str, parent_spec: str,
                             adapter: Path) -> dict:
     """Roll out the new actor and its parent on the same held-out tasks, samples, simulator and seed; gate.
 
