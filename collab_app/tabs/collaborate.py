@@ -112,9 +112,16 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("`", "'").replace("\n", " ")[:80]
 
 
-# What the status line says while a turn's slow steps run after its text is written.
-STAGE_WORDS = {"rendering": " · rendering the agent's page…",
-               "scoring": " · scoring the final answer (hidden tests in the sandbox, or the rendered page)…"}
+# What the status line says while a turn's slow steps run after its text is written, by task kind.
+STAGE_WORDS = {("rendering", "frontend"): " · rendering the agent's page…",
+               ("scoring", "backend"): " · scoring the final answer: running the hidden tests in the sandbox…",
+               ("scoring", "frontend"): " · scoring the final page against the one you want…"}
+
+
+def stage_words(session: LiveSession, stage: str) -> str:
+    if stage == "scoring" and session.task.free_form:  # nothing to run: the person rates it
+        return ""
+    return STAGE_WORDS.get((stage, session.task.kind), "")
 
 
 # -- the tab -----------------------------------------------------------------------------------------
@@ -253,7 +260,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             for view in stream or session.agent_replies():
                 if not view.done:  # the text so far, and what takes time now (never a silent wait)
                     yield (session, base + [{"role": "assistant", "content": view.text}],
-                           score + STAGE_WORDS.get(view.stage, ""), *rest)
+                           score + stage_words(session, view.stage), *rest)
                 elif view.render_error:
                     note = warning(f"The agent's page did not render: {view.render_error}")
         except (ModelError, SessionError) as exc:
