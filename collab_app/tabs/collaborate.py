@@ -19,6 +19,8 @@ from simulators.scoring.clip import WEIGHTS_ENV as CLIP_WEIGHTS_ENV
 from simulators.tasks import TaskFileError
 
 NO_SESSION = "Pick a task and press **Start** first."
+EMPTY_CHAT = ("Pick a task on the left and press **Start**: the agent opens with its questions, and you answer "
+              "as the person who knows what is wanted (the panel on the right shows what you know).")
 
 
 # -- what the UI shows of a session ---------------------------------------------------------------
@@ -147,7 +149,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             name = gr.Textbox(label="Your name (recorded with the session)", value="anonymous", max_lines=1)
         with gr.Column(scale=4):  # the chat is what the person reads and writes: it gets the most room
             chatbot = gr.Chatbot(label="Collaboration", height=520, editable="all", elem_id="collab-chat",
-                                 buttons=["copy", "copy_all"],
+                                 buttons=["copy", "copy_all"], placeholder=EMPTY_CHAT,
                                  feedback_options=("Like", "Dislike"))
             notice = notice_box("collab-notice")
             with gr.Row():

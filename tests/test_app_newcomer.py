@@ -1,0 +1,48 @@
+"""What a new user hits first (issue 14's screenshot pass), in the real app and a real browser:
+empty views say what to do, and the Data tab's typed filters do something and bind the export."""
+
+from __future__ import annotations
+
+import pytest
+from app_process import browser_page, start_task, wait_for_text
+from playwright.sync_api import expect
+from test_app_browser import ANSWER
+from test_app_collaborate import scripted_app
+from test_app_results import WRONG
+
+pytestmark = pytest.mark.slow
+
+
+def test_empty_views_say_what_they_are_for_and_what_to_do(tmp_path):
+    with scripted_app(tmp_path, [ANSWER]) as app, browser_page() as page:
+        page.goto(app.url, wait_until="load")
+        wait_for_text(page, "#collab-chat", "press Start: the agent opens with its questions")
+        page.get_by_role("tab", name="Chat").click()
+        wait_for_text(page, "#chat-chatbot", "A plain conversation with the agent model")
+        assert "Collaborate" in page.locator("#chat-chatbot").inner_text()  # where task work happens instead
+        page.get_by_role("tab", name="Data").click()
+        wait_for_text(page, "#replay-chat", "Click a session in the table above to replay it")
+
+
+def test_the_data_tabs_typed_filters_apply_on_enter_and_the_export_follows_them(tmp_path):
+    with scripted_app(tmp_path, [WRONG, ANSWER]) as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-score", "0% of tests passed")
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-score", "100% of tests passed")
+        page.get_by_role("tab", name="Data").click()
+        rows = page.locator("#sessions-table .cell-wrap:visible").filter(has_text="scored")
+        expect(rows).to_have_count(2)
+
+        page.locator("#data-min-reward input").fill("0.5")
+        page.locator("#data-min-reward input").press("Enter")  # no Refresh needed
+        expect(rows).to_have_count(1)
+        page.locator("#export").click()
+        wait_for_text(page, "#export-note", "Exported 1 session(s) matching minimum reward 0.5")
+
+        page.locator("#data-model").get_by_role("textbox").fill("nobody")
+        page.locator("#data-model").get_by_role("textbox").press("Enter")
+        expect(rows).to_have_count(0)
+        page.locator("#export").click()
+        wait_for_text(page, "#export-note", "No stored session matching model nobody, minimum reward 0.5")
+        page.locator("#export-file a").wait_for(state="detached")
