@@ -46,3 +46,17 @@ def test_the_data_tabs_typed_filters_apply_on_enter_and_the_export_follows_them(
         page.locator("#export").click()
         wait_for_text(page, "#export-note", "No stored session matching model nobody, minimum reward 0.5")
         page.locator("#export-file a").wait_for(state="detached")
+
+
+def test_a_bad_task_upload_is_named_as_uploaded_with_its_line_and_a_glyph_the_browser_has(tmp_path):
+    (tmp_path / "my-tasks.jsonl").write_text('{"problem_description": "half a line\n')
+    with scripted_app(tmp_path, [ANSWER]) as app, browser_page() as page:
+        page.goto(app.url, wait_until="load")
+        page.wait_for_selector("#start", timeout=60_000)
+        page.get_by_text("Upload a ColBench task file").click()
+        page.locator("input[type=file]").set_input_files(str(tmp_path / "my-tasks.jsonl"))
+        wait_for_text(page, "#upload-note", "my-tasks.jsonl")
+        note = page.locator("#upload-note").inner_text()
+        assert note.startswith("⚠ my-tasks.jsonl") and "my-tasks.jsonl:1" in note, note  # the line to fix
+        assert "/" not in note.split("my-tasks.jsonl")[0]  # not Gradio's temporary copy's path
+        assert "\ufe0f" not in note  # the emoji form of ⚠ is a box without an emoji font (Debian's Chromium)

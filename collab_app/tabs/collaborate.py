@@ -7,6 +7,8 @@ index is a turn index (like, dislike and edit events rely on it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from collab_app.catalog import free_form_task
@@ -236,8 +238,8 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             return gr.update(), ""
         try:
             added, errors, renamed = ctx.catalog.add_upload(file, owner=request.session_hash)
-        except (TaskFileError, OSError) as exc:
-            return gr.update(), f"⚠️ {exc}"
+        except (TaskFileError, OSError) as exc:  # named as the person knows the file, not by Gradio's temp path
+            return gr.update(), warning(str(exc).replace(str(file), Path(file).name))
         note = f"Added {added} task(s)." + "".join([*(f"\n- skipped {e}" for e in errors[:20]),
                                                     *(f"\n- {r}" for r in renamed[:20])])
         return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash)), note
