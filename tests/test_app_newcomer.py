@@ -10,6 +10,8 @@ from test_app_browser import ANSWER
 from test_app_collaborate import scripted_app
 from test_app_results import WRONG
 
+from simulators.domain import ANSWER_MARKER
+
 pytestmark = pytest.mark.slow
 
 
@@ -60,3 +62,24 @@ def test_a_bad_task_upload_is_named_as_uploaded_with_its_line_and_a_glyph_the_br
         assert note.startswith("⚠ my-tasks.jsonl") and "my-tasks.jsonl:1" in note, note  # the line to fix
         assert "/" not in note.split("my-tasks.jsonl")[0]  # not Gradio's temporary copy's path
         assert "\ufe0f" not in note  # the emoji form of ⚠ is a box without an emoji font (Debian's Chromium)
+
+
+def test_a_replay_opens_at_its_first_message_and_gives_its_result_in_words(tmp_path):
+    notes = "".join(f"    # step {i}: a line of the agent's long answer\n" for i in range(40))
+    long_answer = f"{ANSWER_MARKER}\n```python\ndef sum_even(xs):\n{notes}    return sum(x for x in xs if x % 2 == 0)\n```"
+    with scripted_app(tmp_path, [long_answer]) as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-score", "100% of tests passed")
+        page.get_by_role("tab", name="Data").click()
+        page.locator("#sessions-table .cell-wrap:visible").filter(has_text="scored").first.click()
+        wait_for_text(page, "#replay-summary", "Reward: 1.000 · 100% of tests passed · ✓ success")
+        assert "sandbox" not in page.locator("#replay-summary").inner_text()  # not the scorer's raw dict
+        page.locator("#replay-chat .message.bot pre code").wait_for()  # the long answer is drawn
+        # The chat overflows its box and still shows its first message: the task, not the answer's end.
+        scrolled = page.evaluate("""() => [...document.querySelectorAll('#replay-chat *')]
+            .filter(e => e.scrollHeight > e.clientHeight + 50 && /auto|scroll/.test(getComputedStyle(e).overflowY))
+            .map(e => e.scrollTop)""")
+        assert scrolled and all(top == 0 for top in scrolled), scrolled
+        first = page.locator("#replay-chat .message").first.bounding_box()
+        chat = page.locator("#replay-chat").bounding_box()
+        assert chat["y"] <= first["y"] < chat["y"] + chat["height"]

@@ -12,7 +12,7 @@ import gradio as gr
 
 from collab_app.commands.export import NO_PAIRS, ExportError, export
 from collab_app.context import AppContext
-from collab_app.messages import agent_markdown
+from collab_app.messages import agent_markdown, score_summary
 from collab_app.notices import notice_box, warning
 from simulators.store import SESSION_MODES
 from simulators.store.preferences import preference_pairs
@@ -45,10 +45,19 @@ def replay(ctx: AppContext, session_id: str) -> tuple[list[dict], str]:
         if path is not None:
             content = [content, {"path": str(path)}]
         messages.append({"role": "assistant", "content": content})
-    scores = {k: v for k, v in episode.scores.items() if k != "tests"}
-    summary = (f"**Task ({episode.task.kind}):** {episode.task.problem_description}\n\n"
-               f"**Reward:** {episode.reward} · **Scores:** `{scores}`")
+    summary = f"**Task ({episode.task.kind}):** {episode.task.problem_description}\n\n{scores_line(episode)}"
     return messages, summary
+
+
+def scores_line(episode) -> str:
+    """The replayed session's result in words, as the Collaborate tab says it (not the scorer's raw
+    dict, whose sandbox report alone is a screenful)."""
+    scores, rating = episode.scores, episode.scores.get("rating")
+    rated = f"rated {rating}/5 by the person" if rating is not None else ""
+    if episode.reward is None and not any(key in scores for key in ("tests_passed", "clip", "design", "error")):
+        return f"**Result:** {rated}" if rated else "**Not scored** (the session ended without a scored answer)"
+    reward = "–" if episode.reward is None else f"{episode.reward:.3f}"
+    return f"**Reward:** {reward} · {score_summary(scores, episode.task.kind)}" + (f" · {rated}" if rated else "")
 
 
 def filters_of(kind: str, mode: str, model: str, min_reward: float | None) -> dict:
@@ -101,8 +110,9 @@ def build_data_tab(ctx: AppContext, tab: gr.Tab) -> None:
     table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=False, elem_id="sessions-table")
     with gr.Row():
         with gr.Column(scale=3):
+            # No autoscroll: a replay is read from its first message, not from its end.
             replay_chat = gr.Chatbot(label="Replay", height=420, buttons=["copy", "copy_all"], elem_id="replay-chat",
-                                     placeholder=REPLAY_PLACEHOLDER)
+                                     placeholder=REPLAY_PLACEHOLDER, autoscroll=False)
         with gr.Column(scale=1):
             summary = gr.Markdown(elem_id="replay-summary")
             fmt = gr.Radio([("sweet_rl JSONL", "sweet"), ("TRL preference pairs", "trl"),
