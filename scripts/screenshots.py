@@ -5,7 +5,7 @@
 Starts the real app on a free port with scripted agents (known replies, so the pictures do not
 depend on a model), a fresh session database and this machine's $COLLAB_HOME (its Tailwind files),
 then drives Chromium through Collaborate (a sample task to a scored answer), Compare (a blind
-battle), Leaderboard, Data, Train and Chat, saving one PNG per view.
+battle), Leaderboard, Data (that session replayed), Train and Chat, saving one PNG per view.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         page.get_by_role("option").first.click()
         page.locator("#start").click()
         wait_for_text(page, "#collab-chat", "should the function handle")
+        wait_for_text(page, "#collab-score", "Round 1/10")  # the turn's last view: not a picture mid-turn
         shot("collaborate")
         page.locator("#collab-input textarea").fill("Yes: an empty input gives the empty result.")
         page.locator("#collab-send").click()
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
             page.get_by_role("tab", name=tab).click()
             page.locator(ready).first.wait_for(timeout=30_000)
             page.wait_for_timeout(2000)  # a script, not a test: let the tab's refresh land before the picture
+            if tab == "Data":  # the replay of the scored session, as a person opens it
+                page.locator("#sessions-table .cell-wrap:visible").filter(has_text="scored").first.click()
+                wait_for_text(page, "#replay-summary", "Reward")
             shot(tab.lower())
     for path in shots:
         print(path.relative_to(REPO) if path.is_relative_to(REPO) else path)

@@ -24,16 +24,21 @@ def free_port() -> int:
 
 
 class AppProcess:
-    """``python -m collab_app ARGS`` on a free port, with its own COLLAB_HOME."""
+    """``python -m collab_app ARGS`` on a free port, with its own COLLAB_HOME. With ``holds`` (a
+    folder), the app's slow steps wait for the test's word first (``tests/held_app.py``)."""
 
-    def __init__(self, home: Path, *args: str):
+    def __init__(self, home: Path, *args: str, holds: Path | None = None):
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = home / f"app-{self.port}.log"
         env = {**os.environ, "COLLAB_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
                "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "collab_app", "--port", str(self.port), *args],
+        launcher = ["-m", "collab_app"]
+        if holds is not None:
+            env["COLLAB_HOLDS"] = str(holds)
+            launcher = [str(REPO / "tests" / "held_app.py")]
+        self.proc = subprocess.Popen([sys.executable, *launcher, "--port", str(self.port), *args],
                                      cwd=REPO, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self._wait_until_up()
@@ -57,8 +62,8 @@ class AppProcess:
 
 
 @contextmanager
-def running_app(home: Path, *args: str):
-    app = AppProcess(home, *args)
+def running_app(home: Path, *args: str, holds: Path | None = None):
+    app = AppProcess(home, *args, holds=holds)
     try:
         yield app
     finally:

@@ -24,11 +24,11 @@ RIGHT_CODE = "def sum_even(xs):\n    return sum(x for x in xs if x % 2 == 0)"
 ERROR_BADGE = "[data-testid='status-tracker'] .error"
 
 
-def scripted_app(home, replies: list[str], *args: str):
+def scripted_app(home, replies: list[str], *args: str, holds=None):
     (home / "tasks.jsonl").write_text(json.dumps(TASK) + "\n")
     (home / "script.json").write_text(json.dumps(replies))
     return running_app(home, "--model", f"scripted:{home / 'script.json'}", "--tasks", str(home / "tasks.jsonl"),
-                       "--db", str(home / "collab.sqlite"), *args)
+                       "--db", str(home / "collab.sqlite"), *args, holds=holds)
 
 
 def wait_until(condition, what: str, timeout: float = 60):

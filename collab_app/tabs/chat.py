@@ -19,6 +19,9 @@ from simulators.store import SessionStore
 
 SYSTEM_PROMPT = load_prompt("chat")  # assets/prompts/chat.txt (simulators.prompts.agent_messages knows it too)
 CHAT_NOTE = "(a Chat-tab conversation: no task and no reference)"
+EMPTY_CHAT = ("A plain conversation with the agent model served now: no task, no hidden reference, no score. "
+              "It is stored as a session of mode *chat*; a retried reply you then like becomes a preference pair. "
+              "To work on a task as its human, use the **Collaborate** tab.")
 
 
 class ChatLog:
@@ -80,7 +83,7 @@ def stream_reply(actor: ModelSlot, history: list[dict], max_new_tokens: int, sam
 def build_chat_tab(ctx: AppContext) -> None:
     log_state = gr.State(None)  # this page's ChatLog, from its first message to "New conversation"
     chatbot = gr.Chatbot(label="Agent", height=480, elem_id="chat-chatbot", editable="user", buttons=["copy", "copy_all"],
-                         feedback_options=("Like", "Dislike"))
+                         feedback_options=("Like", "Dislike"), placeholder=EMPTY_CHAT)
     notice = notice_box("chat-notice")
     with gr.Row():
         textbox = gr.Textbox(placeholder="Message the agent…", show_label=False, scale=8,

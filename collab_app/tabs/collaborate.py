@@ -7,6 +7,8 @@ index is a turn index (like, dislike and edit events rely on it).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from collab_app.catalog import free_form_task
@@ -19,6 +21,8 @@ from simulators.scoring.clip import WEIGHTS_ENV as CLIP_WEIGHTS_ENV
 from simulators.tasks import TaskFileError
 
 NO_SESSION = "Pick a task and press **Start** first."
+EMPTY_CHAT = ("Pick a task on the left and press **Start**: the agent opens with its questions, and you answer "
+              "as the person who knows what is wanted (the panel on the right shows what you know).")
 
 
 # -- what the UI shows of a session ---------------------------------------------------------------
@@ -112,9 +116,16 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|").replace("`", "'").replace("\n", " ")[:80]
 
 
-# What the status line says while a turn's slow steps run after its text is written.
-STAGE_WORDS = {"rendering": " · rendering the agent's page…",
-               "scoring": " · scoring the final answer (hidden tests in the sandbox, or the rendered page)…"}
+# What the status line says while a turn's slow steps run after its text is written, by task kind.
+STAGE_WORDS = {("rendering", "frontend"): " · rendering the agent's page…",
+               ("scoring", "backend"): " · scoring the final answer: running the hidden tests in the sandbox…",
+               ("scoring", "frontend"): " · scoring the final page against the one you want…"}
+
+
+def stage_words(session: LiveSession, stage: str) -> str:
+    if stage == "scoring" and session.task.free_form:  # nothing to run: the person rates it
+        return ""
+    return STAGE_WORDS.get((stage, session.task.kind), "")
 
 
 # -- the tab -----------------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             name = gr.Textbox(label="Your name (recorded with the session)", value="anonymous", max_lines=1)
         with gr.Column(scale=4):  # the chat is what the person reads and writes: it gets the most room
             chatbot = gr.Chatbot(label="Collaboration", height=520, editable="all", elem_id="collab-chat",
-                                 buttons=["copy", "copy_all"],
+                                 buttons=["copy", "copy_all"], placeholder=EMPTY_CHAT,
                                  feedback_options=("Like", "Dislike"))
             notice = notice_box("collab-notice")
             with gr.Row():
@@ -227,8 +238,8 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             return gr.update(), ""
         try:
             added, errors, renamed = ctx.catalog.add_upload(file, owner=request.session_hash)
-        except (TaskFileError, OSError) as exc:
-            return gr.update(), f"⚠️ {exc}"
+        except (TaskFileError, OSError) as exc:  # named as the person knows the file, not by Gradio's temp path
+            return gr.update(), warning(str(exc).replace(str(file), Path(file).name))
         note = f"Added {added} task(s)." + "".join([*(f"\n- skipped {e}" for e in errors[:20]),
                                                     *(f"\n- {r}" for r in renamed[:20])])
         return gr.update(choices=ctx.catalog.choices(task_kind, request.session_hash)), note
@@ -253,7 +264,7 @@ def build_collaborate_tab(ctx: AppContext) -> None:
             for view in stream or session.agent_replies():
                 if not view.done:  # the text so far, and what takes time now (never a silent wait)
                     yield (session, base + [{"role": "assistant", "content": view.text}],
-                           score + STAGE_WORDS.get(view.stage, ""), *rest)
+                           score + stage_words(session, view.stage), *rest)
                 elif view.render_error:
                     note = warning(f"The agent's page did not render: {view.render_error}")
         except (ModelError, SessionError) as exc:
