@@ -246,7 +246,7 @@ class TrainingManager:
         self._watcher: threading.Thread | None = None
 
     def scored_sessions(self) -> int:
-        return sum(1 for s in self.store.list_sessions(limit=10**9) if s.reward is not None)
+        return sum(1 for s in self.store.list_sessions() if s.reward is not None)
 
     def start(self, request: TrainRequest) -> TrainingJob:
         with self._lock:

@@ -62,6 +62,15 @@ def test_filters(tmp_path):
     assert [s.id for s in store.list_sessions(min_reward=0.5)] == [b]
 
 
+def test_every_session_is_listed_unless_a_limit_is_asked_for(tmp_path):
+    """Exports and training read all sessions: a default cap would drop the oldest without a word."""
+    store = SessionStore(tmp_path / "db.sqlite")
+    ids = [store.create_session(TASK, mode="simulator", human="simulator:m", model_version="v1") for _ in range(1005)]
+    assert {s.id for s in store.list_sessions()} == set(ids)
+    assert len(store.episodes(mode="simulator")) == 1005
+    assert len(store.list_sessions(limit=10)) == 10
+
+
 def test_renders_are_files_named_by_hash(tmp_path):
     store = SessionStore(tmp_path / "db.sqlite")
     digest = store.save_render(b"\x89PNG fake bytes", 10, 20)

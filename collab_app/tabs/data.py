@@ -19,13 +19,14 @@ from simulators.store.preferences import preference_pairs
 
 COLUMNS = ["session", "started", "kind", "mode", "human", "model", "status", "reward", "rating", "turns"]
 ANY = "any"
+TABLE_ROWS = 1000  # the table shows the newest sessions; exports take every one the filters match
 REPLAY_PLACEHOLDER = "Click a session in the table above to replay it here: its dialogue, rendered pages and scores."
 
 logger = logging.getLogger(__name__)
 
 
 def session_table(ctx: AppContext, kind: str, mode: str, model: str, min_reward: float | None) -> list[list]:
-    rows = ctx.store.list_sessions(**filters_of(kind, mode, model, min_reward))
+    rows = ctx.store.list_sessions(**filters_of(kind, mode, model, min_reward), limit=TABLE_ROWS)
     return [[r.id, time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)), r.task_kind, r.mode, r.human,
              r.model_version, r.status, None if r.reward is None else round(r.reward, 3), r.rating, r.turns]
             for r in rows]

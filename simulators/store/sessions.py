@@ -277,7 +277,9 @@ class SessionStore:
 
     def list_sessions(self, *, kind: str | None = None, mode: str | None = None, model_version: str | None = None,
                       min_reward: float | None = None, since: float | None = None, status: str | None = None,
-                      limit: int = 1000) -> list[SessionRow]:
+                      limit: int | None = None) -> list[SessionRow]:
+        """Sessions matching every filter given, newest first; all of them unless ``limit`` (exports
+        and training read every session, only a table on screen needs a cap)."""
         clauses, params = [], []
         for column, value in (("task_kind", kind), ("mode", mode), ("model_version", model_version),
                               ("status", status)):
@@ -293,7 +295,7 @@ class SessionStore:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._connection().execute(
             "SELECT s.*, (SELECT COUNT(*) FROM turns t WHERE t.session_id = s.id) AS n_turns FROM sessions s "
-            f"{where} ORDER BY s.created_at DESC LIMIT ?", (*params, limit)).fetchall()
+            f"{where} ORDER BY s.created_at DESC LIMIT ?", (*params, -1 if limit is None else limit)).fetchall()
         return [SessionRow(id=r["id"], task_id=r["task_id"], task_kind=r["task_kind"], mode=r["mode"],
                            human=r["human"], model_version=r["model_version"], status=r["status"],
                            reward=r["reward"], rating=r["rating"], created_at=r["created_at"],
