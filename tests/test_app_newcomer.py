@@ -24,6 +24,11 @@ def test_empty_views_say_what_they_are_for_and_what_to_do(tmp_path):
         assert "Collaborate" in page.locator("#chat-chatbot").inner_text()  # where task work happens instead
         page.get_by_role("tab", name="Data").click()
         wait_for_text(page, "#replay-chat", "Click a session in the table above to replay it")
+        page.get_by_role("tab", name="Train").click()
+        wait_for_text(page, "#train-versions-note", "No trained version yet")
+        assert "a promoted version serves the apps started with --model current" in page.locator(
+            "#train-versions-note").inner_text()  # this app's --model is a script, not the registry's version
+        expect(page.locator("#train-curves")).to_be_hidden()  # no empty picture frame before a run
 
 
 def test_the_data_tabs_typed_filters_apply_on_enter_and_the_export_follows_them(tmp_path):

@@ -9,6 +9,7 @@ from collab_app.context import AppContext
 from collab_app.notices import notice_box, reports_to
 from collab_app.training_jobs import TrainRequest
 from simulators.llm.registry import ModelRegistry, RegistryError
+from simulators.llm.specs import FOLLOW_REGISTRY
 from simulators.store import SESSION_MODES
 from training import ALGORITHMS
 from training.stats import MIN_TASKS, PairedDifference
@@ -120,10 +121,12 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         promote_btn = gr.Button("Promote this version", variant="primary", elem_id="train-promote")
         rollback_to = gr.Dropdown(label="Roll back to", choices=["base"], allow_custom_value=True, elem_id="rollback-to")
         rollback_btn = gr.Button("Roll back", elem_id="train-rollback")
-    curves = gr.Gallery(label="Loss and accuracy curves", columns=3, height=260)
+    # Shown once a run has drawn its curves: an empty picture frame only asks what is missing.
+    curves = gr.Gallery(label="Loss and accuracy curves", columns=3, height=260, visible=False, elem_id="train-curves")
     with gr.Accordion("Run log", open=False):
         log = gr.Code(label="process output", lines=12, interactive=False)
-    versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False, label="Model versions")
+    versions = gr.Dataframe(headers=VERSION_COLUMNS, interactive=False, label="Model versions", elem_id="train-versions")
+    versions_note = gr.Markdown(elem_id="train-versions-note")
     timer = gr.Timer(2.0)
 
     def refresh():
@@ -138,9 +141,19 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
                          _fmt(evaluation.get("parent", {}).get("reward")), gain_with_ci(decision),
                          decision["verdict"] if decision else "–"])
         choices = ["base"] + [r[0] for r in rows]
-        return (status_markdown(state), evaluation_markdown(state), [str(p) for p in job.curves()] if job else [],
+        curve_files = [str(p) for p in job.curves()] if job else []
+        return (status_markdown(state), evaluation_markdown(state), gr.update(value=curve_files, visible=bool(curve_files)),
                 job.process_log_tail() if job else "", rows, gr.update(choices=choices),
-                gr.update(interactive=promotable(state)))
+                gr.update(interactive=promotable(state)), versions_markdown(rows))
+
+    def versions_markdown(rows: list) -> str:
+        if rows:
+            return ""
+        note = "**No trained version yet.** Every run adds a row here, with its evaluation against its parent. "
+        if ctx.config.model == FOLLOW_REGISTRY:
+            return note + f"Until one is promoted, new sessions use the base model (`{ctx.config.base}`)."
+        return note + (f"This app serves `{ctx.config.model}` (its `--model`): a promoted version serves the "
+                       "apps started with `--model current`.")
 
     def promotable(state: dict | None) -> bool:
         """A finished run's version that does not serve yet."""
@@ -148,7 +161,7 @@ def build_train_tab(ctx: AppContext, tab: gr.Tab) -> None:
         current = registry.current()
         return bool(version) and (current is None or current.id != version)
 
-    outputs = [status, evaluation, curves, log, versions, rollback_to, promote_btn]
+    outputs = [status, evaluation, curves, log, versions, rollback_to, promote_btn, versions_note]
     reported = reports_to(notice)  # a refusal says why beside the buttons, as Gradio's error badge would not
 
     @reported
