@@ -12,9 +12,9 @@ import json
 import sqlite3
 
 import pytest
-from app_process import browser_page, running_app, start_task, wait_for_text
-from test_app_browser import ANSWER, QUESTION
-from test_app_collaborate import ERROR_BADGE, scripted_app, send
+from app_process import browser_page, free_port, running_app, start_task, wait_for_text
+from test_app_browser import ANSWER, QUESTION, TASK
+from test_app_collaborate import ERROR_BADGE, scripted_app, send, wait_until
 
 from simulators.domain import ANSWER_MARKER
 from simulators.tasks import load_sample_tasks
@@ -95,3 +95,36 @@ def test_an_export_shows_its_progress_and_a_failed_one_says_why_without_a_traceb
         page.locator("#sessions-table .cell-wrap:visible").filter(has_text="backend").first.click()  # its replay fails too
         wait_for_text(page, "#replay-summary", "could not be replayed")
         assert page.locator(ERROR_BADGE).count() == 0
+
+
+def test_stop_stops_the_model_itself_not_only_the_page(tmp_path):
+    """The reply pauses after its first word until Stop sets its cancel event: the model must then
+    produce nothing more (``held_app`` counts the words it produced); the page never shows the rest.
+    Without Stop the pause would last ``HOLD_LIMIT_S`` and the count be 201."""
+    reply = "First, " + " ".join(f"word{i}" for i in range(200))
+    holds = holds_dir(tmp_path, "load", "render", "score", "export", "stream.hold")
+    with scripted_app(tmp_path, [reply], holds=holds) as app, browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-chat", "First,")
+        page.locator("#collab-stop").click()
+        produced = wait_until(lambda: (holds / "streamed").exists() and (holds / "streamed").read_text(),
+                              "the model's stream to end")
+        assert produced == "1"  # the first word only: the model stopped when asked
+        assert "word0" not in page.locator("#collab-chat").inner_text()
+
+
+def test_a_dead_endpoint_is_a_readable_notice_and_the_tab_stays_usable(tmp_path):
+    port = free_port()  # bound and released: nothing listens there
+    (tmp_path / "tasks.jsonl").write_text(json.dumps(TASK) + "\n")
+    with running_app(tmp_path, "--model", f"openai:http://127.0.0.1:{port}/v1#gone", "--tasks",
+                     str(tmp_path / "tasks.jsonl"), "--db", str(tmp_path / "collab.sqlite")) as app, \
+            browser_page() as page:
+        start_task(page, app.url, "Sum the even numbers")
+        wait_for_text(page, "#collab-notice", "unreachable", timeout=90_000)  # after its retries
+        notice = page.locator("#collab-notice").inner_text()
+        assert "unreachable" in notice and "Is the server running" in notice, notice
+        assert "Traceback" not in notice and len(notice) < 600, notice
+        for part in ("#collab-chat", "#collab-input", "#collab-score"):
+            assert page.locator(f"{part} {ERROR_BADGE}").count() == 0, part
+        page.locator("#collab-send").click()  # the tab still answers
+        wait_for_text(page, "#collab-notice", "Type a message first.")
