@@ -14,6 +14,7 @@ from urllib.parse import urljoin
 
 import pytest
 from app_process import REPO, agent_messages, browser_page, running_app, start_task, wait_for_text
+from playwright.sync_api import expect
 
 from simulators.domain import ANSWER_MARKER
 from simulators.store import SessionStore
@@ -161,6 +162,12 @@ def test_frontend_session_shows_rendered_pages_and_a_design_score(tmp_path):
         assert "COLLAB_CLIP_WEIGHTS" in clip_line and len(clip_line) < 200
         shown = page.evaluate("[...document.querySelectorAll('#collab-chat .message.bot img')].map(i => i.src)")
         assert len(set(shown)) == 2  # both of the agent's pages, rendered in the chat
+        # The Data tab's replay shows the same dialogue with both rendered pages and the result in words.
+        page.get_by_role("tab", name="Data").click()
+        page.locator("#sessions-table .cell-wrap:visible").filter(has_text="frontend").first.click()
+        wait_for_text(page, "#replay-summary", "Reward: 1.000")
+        expect(page.locator("#replay-chat .message.bot img")).to_have_count(2)
+        assert "Add the header with the logo" in page.locator("#replay-chat").inner_text()
     (session,) = SessionStore(db).list_sessions()
     assert (session.status, session.reward, session.task_kind) == ("scored", 1.0, "frontend")
     agent_turns = [t for t in SessionStore(db).turns(session.id) if t["role"] == "agent"]
