@@ -264,6 +264,10 @@ def test_chat_tab_retries_undoes_and_starts_over_in_one_click(tmp_path, tiny_mod
         page.locator("#chat-send").click()
         page.locator("#chat-chatbot .message.bot").first.wait_for()
         page.locator("#chat-chatbot button[aria-label='Retry']").click()  # a new reply to the same message
+        store = SessionStore(tmp_path / "collab.sqlite")
+        # The retry's feedback is stored once its reply has ended: a click on "New conversation"
+        # before that would race the last streamed update back into the cleared chat.
+        wait_until(lambda: [e["kind"] for e in store.feedback()] == ["regenerate"], "the retry")
         page.locator("#chat-chatbot .message.bot").first.wait_for()
         assert page.locator("#chat-chatbot .message.user").count() == 1
         page.locator("#chat-clear").click()  # once

@@ -337,6 +337,20 @@ def test_loop_started_after_load_returns_within_the_timeout(renderer):
     assert_still_usable(renderer)
 
 
+def test_a_page_that_starts_spinning_after_its_render_does_not_hold_up_the_next_one():
+    """One slot, so the next render must leave the spinning page: a script loop that a timer starts
+    after the render returned would otherwise keep the next navigation past its deadline."""
+    with Renderer(pool_size=1) as one_slot:
+        spin_later = "<html><body><p>spins later</p><script>setTimeout(() => { while (true) {} }, 1500);</script></body></html>"
+        assert one_slot.render(spin_later, timeout_s=HOSTILE_TIMEOUT_S).ok  # rendered well before the timer
+        time.sleep(2.5)  # the page's own timer fires at 1.5 s: it spins now
+        started = time.monotonic()
+        result = one_slot.render("<html><body><h2>next page</h2></body></html>", timeout_s=HOSTILE_TIMEOUT_S)
+        assert result.ok, result.error
+        assert [b.text for b in result.blocks] == ["next page"]
+        assert time.monotonic() - started < 3.0
+
+
 def test_dialogs_are_dismissed(renderer):
     html = (
         "<html><body><p>dialogs</p><script>"

@@ -36,6 +36,7 @@ MAX_SCREENSHOT_HEIGHT = 8192  # a huge DOM must not produce a 100k-pixel image
 DEFAULT_TIMEOUT_S = 10.0
 MAX_BLOCKS = 1500  # text blocks read from one page; beyond this the page is marked truncated
 RECYCLE_AFTER = 300  # renders per context before it is replaced (bounds memory growth)
+RESPONSIVE_S = 0.5  # a page that ran scripts must answer this fast before its slot is reused
 
 CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
@@ -330,6 +331,10 @@ class Renderer:
         """The slot itself if usable, else a fresh one (relaunching the browser if it died)."""
         if slot.context is not None and slot.renders >= RECYCLE_AFTER:
             await self._discard(slot)
+        if slot.context is not None and slot.needs_fresh_document and not await _responsive(slot.page):
+            # The last page's script keeps its main thread busy (a loop a timer started after the
+            # render returned): leaving it would hold the next navigation past its deadline.
+            await self._discard(slot)
         if slot.context is not None and self._browser.is_connected():
             return slot
         async with self._browser_lock:
@@ -371,6 +376,15 @@ class Renderer:
                 log.warning("closing Chromium failed: %s", _first_line(exc))
         if self._playwright is not None:
             await self._playwright.stop()
+
+
+async def _responsive(page: Any) -> bool:
+    """Whether the page's main thread answers within ``RESPONSIVE_S`` (a ~1 ms round trip when idle)."""
+    try:
+        await asyncio.wait_for(page.evaluate("0"), RESPONSIVE_S)
+        return True
+    except Exception:  # timed out, or the page is gone: either way not a page to reuse
+        return False
 
 
 async def _close_quietly(page: Any) -> None:
